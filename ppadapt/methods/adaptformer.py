@@ -1,0 +1,148 @@
+"""AdaptFormer (Chen et al., 2022, arXiv 2205.13535) applied on top of a plain ViT.
+
+Each transformer block gets a parallel branch beside its MLP,
+``scale * up(dropout(relu(down(x))))``, added to the MLP output before the
+residual. The ViT is not forked: the branch is registered as the sublayer
+``blocks.N.adaptmlp`` and wired in with forward hooks on the block's ``norm2``
+(to see the stream after attention) and ``mlp`` (to add the branch output), so
+every backbone parameter keeps its PaddleClas name and a backbone checkpoint
+still loads into the adapted model.
+
+Because the branch output joins the MLP output, it passes through the block's
+drop path like the MLP does; with the default ``drop_path_rate=0`` this is
+exactly the official formulation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
+
+SUBLAYER = "adaptmlp"
+
+# Per-variant defaults for the options left as None.
+VARIANTS = {
+    # Official implementation: fixed 0.1 scale, branch fed by the stream after
+    # attention, LoRA-style init so the branch starts as an exact no-op.
+    "official": dict(scale=0.1, learnable_scale=False, input="stream", init="lora"),
+    # The AI Studio tutorial: branch fed by norm2's output, learnable scale
+    # starting at 1, truncated-normal init like the rest of the ViT.
+    "tutorial": dict(scale=1.0, learnable_scale=True, input="norm2", init="trunc_normal"),
+}
+
+
+@dataclass
+class AdaptFormerConfig:
+    """Options of the AdaptFormer branch; ``None`` takes the variant's default."""
+
+    variant: str = "official"
+    bottleneck: int = 64
+    scale: float | None = None
+    learnable_scale: bool | None = None
+    layernorm: str = "none"  # none | in | out
+    dropout: float = 0.1
+    input: str | None = None  # stream | norm2
+    init: str | None = None  # lora | trunc_normal
+
+    def resolved(self) -> "AdaptFormerConfig":
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown AdaptFormer variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
+        defaults = VARIANTS[self.variant]
+        cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        for key, allowed in (("layernorm", ("none", "in", "out")), ("input", ("stream", "norm2")),
+                             ("init", ("lora", "trunc_normal"))):
+            if getattr(cfg, key) not in allowed:
+                raise ValueError(f"adapter.{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+        if cfg.bottleneck <= 0:
+            raise ValueError(f"adapter.bottleneck must be positive, got {cfg.bottleneck}")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"adapter.dropout must be in [0, 1), got {cfg.dropout}")
+        return cfg
+
+
+class Adapter(nn.Layer):
+    """The bottleneck branch: [LN] -> down -> ReLU -> dropout -> up -> * scale -> [LN]."""
+
+    def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1,
+                 learnable_scale: bool = False, layernorm: str = "none",
+                 dropout: float = 0.1, init: str = "lora"):
+        super().__init__()
+        self.layernorm = layernorm
+        self.dropout = dropout
+        self.adapter_layer_norm = nn.LayerNorm(dim) if layernorm != "none" else None
+        if learnable_scale:
+            self.scale = self.create_parameter([1], default_initializer=Constant(scale))
+        else:
+            self.scale = float(scale)
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.up_proj = nn.Linear(bottleneck, dim)
+        if init == "lora":
+            # Kaiming-uniform(a=sqrt(5)) on the way down, zeros on the way up:
+            # the branch outputs exactly 0 until the first update.
+            KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")(self.down_proj.weight)
+            Constant(0.0)(self.up_proj.weight)
+        else:
+            TruncatedNormal(std=0.02)(self.down_proj.weight)
+            TruncatedNormal(std=0.02)(self.up_proj.weight)
+        Constant(0.0)(self.down_proj.bias)
+        Constant(0.0)(self.up_proj.bias)
+
+    def forward(self, x):
+        if self.layernorm == "in":
+            x = self.adapter_layer_norm(x)
+        x = F.relu(self.down_proj(x))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self.up_proj(x) * self.scale
+        if self.layernorm == "out":
+            x = self.adapter_layer_norm(x)
+        return x
+
+
+class _BranchHooks:
+    """Feeds the adapter its input and adds its output to the MLP's."""
+
+    def __init__(self, adapter: Adapter, source: str):
+        self.adapter = adapter
+        self.source = source
+        self._stream = None
+
+    def capture_stream(self, layer, inputs):
+        self._stream = inputs[0]
+
+    def add_branch(self, layer, inputs, output):
+        x = self._stream if self.source == "stream" else inputs[0]
+        self._stream = None
+        return output + self.adapter(x)
+
+
+def apply_adaptformer(model: nn.Layer, config: AdaptFormerConfig | None = None) -> list[Adapter]:
+    """Add an AdaptFormer branch to every block of ``model`` (in place).
+
+    Works on any model with ``blocks[i].norm2`` and ``blocks[i].mlp`` (ppadapt's
+    and PaddleClas's ViT). Returns the adapters, one per block.
+    """
+    cfg = (config or AdaptFormerConfig()).resolved()
+    dim = model.embed_dim
+    adapters = []
+    for block in model.blocks:
+        if hasattr(block, SUBLAYER):
+            raise ValueError("AdaptFormer is already applied to this model")
+        adapter = Adapter(dim, cfg.bottleneck, cfg.scale, cfg.learnable_scale, cfg.layernorm,
+                          cfg.dropout, cfg.init)
+        block.add_sublayer(SUBLAYER, adapter)
+        hooks = _BranchHooks(adapter, cfg.input)
+        if cfg.input == "stream":
+            block.norm2.register_forward_pre_hook(hooks.capture_stream)
+        block.mlp.register_forward_post_hook(hooks.add_branch)
+        adapters.append(adapter)
+    model.adaptformer_config = asdict(cfg)
+    return adapters
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """True for parameters that belong to an AdaptFormer branch."""
+    return f".{SUBLAYER}." in f".{name}"

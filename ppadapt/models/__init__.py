@@ -1,0 +1,3 @@
+from .vit import VisionTransformer, ViTConfig
+
+__all__ = ["VisionTransformer", "ViTConfig"]

@@ -1,0 +1,186 @@
+"""A plain Vision Transformer whose parameter names match PaddleClas's.
+
+Every sublayer and parameter is named as in PaddleClas's ``VisionTransformer``
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.norm1``,
+``blocks.N.attn.qkv``, ``blocks.N.attn.proj``, ``blocks.N.norm2``,
+``blocks.N.mlp.fc1``, ``blocks.N.mlp.fc2``, ``norm``, ``head``), so a PaddleClas
+state dict loads with no renaming. The model knows nothing of any tuning method:
+those are applied on top of it (see :mod:`ppadapt.methods`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.nn.initializer import Constant, TruncatedNormal
+
+_trunc_normal = TruncatedNormal(std=0.02)
+_zeros = Constant(0.0)
+_ones = Constant(1.0)
+
+
+@dataclass
+class ViTConfig:
+    """Architecture of a :class:`VisionTransformer` (PaddleClas argument names)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    epsilon: float = 1e-5
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+class DropPath(nn.Layer):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = [x.shape[0]] + [1] * (x.ndim - 1)
+        mask = paddle.floor(keep + paddle.rand(shape, dtype=x.dtype))
+        return x / keep * mask
+
+
+class Mlp(nn.Layer):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention with one fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias_attr=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        n, c = x.shape[1], x.shape[2]
+        qkv = self.qkv(x).reshape([-1, n, 3, self.num_heads, c // self.num_heads])
+        # unbind, not qkv[0]/qkv[1]/qkv[2]: indexing costs three slice kernels and
+        # three slice-gradient kernels per block, and is measurably slower on CPU.
+        q, k, v = paddle.unbind(qkv.transpose([2, 0, 3, 1, 4]), axis=0)
+        attn = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
+        attn = self.attn_drop(attn)
+        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, n, c])
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, epsilon: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Layer):
+    """Non-overlapping patches by a strided convolution (border pixels that do not
+    fill a whole patch are dropped, as in PaddleClas: 32 px with patch 3 gives 10x10)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose([0, 2, 1])
+
+
+class VisionTransformer(nn.Layer):
+    """ViT (Dosovitskiy et al.) with PaddleClas parameter names; ``class_num=0`` drops the head."""
+
+    def __init__(self, config: ViTConfig | None = None, class_num: int = 1000, **overrides):
+        super().__init__()
+        cfg = ViTConfig(**{**asdict(config or ViTConfig()), **overrides})
+        if cfg.img_size < cfg.patch_size:
+            raise ValueError(f"img_size {cfg.img_size} is smaller than patch_size {cfg.patch_size}")
+        self.config = cfg
+        self.class_num = class_num
+        self.num_features = self.embed_dim = cfg.embed_dim
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        tokens = self.patch_embed.num_patches + 1
+        self.pos_embed = self.create_parameter([1, tokens, cfg.embed_dim], default_initializer=_zeros)
+        self.cls_token = self.create_parameter([1, 1, cfg.embed_dim], default_initializer=_zeros)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = np.linspace(0, cfg.drop_path_rate, cfg.depth)
+        self.blocks = nn.LayerList([
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate,
+                  cfg.attn_drop_rate, float(rates[i]), cfg.epsilon)
+            for i in range(cfg.depth)
+        ])
+        self.norm = nn.LayerNorm(cfg.embed_dim, epsilon=cfg.epsilon)
+        self.head = nn.Linear(cfg.embed_dim, class_num) if class_num > 0 else nn.Identity()
+
+        _trunc_normal(self.pos_embed)
+        _trunc_normal(self.cls_token)
+        self.apply(_init_weights)
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        cls = self.cls_token.expand([x.shape[0], -1, -1]).astype(x.dtype)
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def reset_head(self, class_num: int) -> None:
+        """Replace the classifier by a freshly initialised one for ``class_num`` classes."""
+        self.class_num = class_num
+        self.head = nn.Linear(self.embed_dim, class_num) if class_num > 0 else nn.Identity()
+        if class_num > 0:
+            _init_weights(self.head)
+
+
+def _init_weights(layer: nn.Layer) -> None:
+    if isinstance(layer, nn.Linear):
+        _trunc_normal(layer.weight)
+        if layer.bias is not None:
+            _zeros(layer.bias)
+    elif isinstance(layer, nn.LayerNorm):
+        _ones(layer.weight)
+        _zeros(layer.bias)
