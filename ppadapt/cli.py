@@ -1,0 +1,117 @@
+"""Command lines of ``train.py`` (pretraining) and ``transfer.py`` (transfer).
+
+Both share the options that map onto a config stage; a user-fixable problem
+ends the program with one ``error:`` line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from .config import CONFIG_DIR, Config, load_config, set_value, validate
+from .errors import PPAdaptError
+
+DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
+
+
+def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="experiment protocol (default: configs/tutorial.yaml; configs/digits.yaml "
+                        "for the digits demo)")
+    p.add_argument("--data-file", metavar="PATH",
+                   help="local cifar-10-python.tar.gz / cifar-100-python.tar.gz (no download is tried)")
+    p.add_argument("--data-dir", metavar="DIR", help="image folder with DIR/train/<class>/*, DIR/test/<class>/*")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate (peak after warmup)")
+    p.add_argument("--output", metavar="DIR", help="root of the run directories (default: output)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. -o model.depth=6 -o lr=0.1 (bare stage keys "
+                        "apply to this tool's stage); an unknown key is an error")
+    p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    return p
+
+
+def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
+    path = args.config
+    if path is None:
+        path = CONFIG_DIR / ("digits.yaml" if dataset == "digits" else "tutorial.yaml")
+    cfg = load_config(path, args.override, stage=stage)
+    flags = {"dataset": dataset, "data_file": args.data_file, "data_dir": args.data_dir,
+             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    for key, value in flags.items():
+        if value is not None:
+            set_value(cfg, f"{stage}.{key}", value)
+    if args.data_dir is not None and dataset is None:
+        set_value(cfg, f"{stage}.dataset", "folder")
+    if args.output is not None:
+        cfg.output = args.output
+    if args.seed is not None:
+        cfg.seed = args.seed
+    validate(cfg)
+    return cfg
+
+
+def _run(main: Callable[[], int]) -> int:
+    try:
+        return main()
+    except PPAdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last best/final checkpoint written is kept", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    p = _common_parser("train.py", "Pretrain a ViT with AdaptFormer branches from scratch.\n\n"
+                       "  python ppadapt/train.py --pretrain cifar100\n"
+                       "  python ppadapt/train.py --pretrain digits        # offline demo, ~1 min")
+    p.add_argument("--pretrain", "--dataset", dest="dataset", choices=DATASET_CHOICES,
+                   help="upstream dataset (default: the config's pretrain.dataset)")
+    args = p.parse_args(argv)
+
+    def main() -> int:
+        from .engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
+        cfg = _load(args, "pretrain", args.dataset)
+        run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2)
+        return 0
+    return _run(main)
+
+
+def transfer_main(argv: Sequence[str] | None = None) -> int:
+    p = _common_parser("transfer.py", "Transfer a pretrained ViT to a downstream dataset.\n\n"
+                       "  python ppadapt/transfer.py --freeze    # AdaptFormer: only branches + head train\n"
+                       "  python ppadapt/transfer.py             # full fine-tuning (the control)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES,
+                   help="downstream dataset (default: the config's transfer.dataset)")
+    p.add_argument("--freeze", action="store_true",
+                   help="freeze the backbone: train only the AdaptFormer branches and the new head")
+    p.add_argument("--pretrained", metavar="CKPT",
+                   help="backbone checkpoint (default: the final checkpoint of train.py with the same "
+                        "config, under output/); 'none' trains from scratch")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model, apply freezing, print the parameter summary and exit (no data)")
+    args = p.parse_args(argv)
+
+    def main() -> int:
+        cfg = _load(args, "transfer", args.dataset)
+        if args.freeze:
+            cfg.transfer.freeze = True
+        if args.pretrained is not None:
+            cfg.transfer.pretrained = args.pretrained
+        if args.dry_run:
+            from .engine import build_model, apply_freezing, class_count
+            from .freeze import count_parameters
+            model = build_model(cfg, class_count(cfg, "transfer"))
+            apply_freezing(model, cfg.transfer.freeze)
+            print(count_parameters(model))
+            return 0
+        from .engine import run_stage
+        run_stage(cfg, "transfer", verbose=0 if args.quiet else 2)
+        return 0
+    return _run(main)
