@@ -176,7 +176,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
     net.fit(train_loader, test_loader, epochs=st.epochs, log_freq=st.log_freq,
             verbose=verbose, callbacks=callbacks)
 
-    result = StageResult(out, params, saver.history, saver.best, saver.history[-1] if saver.history else {},
+    result = StageResult(out, params, saver.history, saver.best or {}, saver.final or {},
                          time.time() - start)
     log(summary_lines(result, topk[1]))
     return result

@@ -1,0 +1,162 @@
+"""Best and final weights of a ``paddle.Model.fit`` run, plus a ``run.json`` record.
+
+Files written in ``run_dir`` (local rank 0 only, every write atomic, see
+:mod:`ppadapt.checkpoint`):
+
+``best.pdparams``
+    the network's state dict after the evaluation with the best ``monitor`` value
+    (higher is better, or lower for a monitor whose name contains ``loss``);
+``final.pdparams``
+    the network's state dict at the end of training;
+``run.json``
+    ``{**meta, "history": [...], "best": {...}, "final": {...}, "checkpoints": {...}}``,
+    rewritten after every epoch and evaluation, so an interrupted run keeps its record.
+
+One history entry per epoch: ``epoch`` (0-based), ``train_loss`` (mean over the
+epoch's samples), ``train_<metric>`` (the epoch's running metrics from the last
+batch), ``lr`` (at the end of the epoch), ``train_seconds``, and, when the epoch
+was evaluated, ``eval_loss`` (mean over the eval set), the eval metrics under their
+own names (``acc_top1``, ``acc_top5``, ...) and ``epoch_seconds`` (train + eval).
+
+Paddle quirks handled here: ``fit`` passes one shared ``logs`` dict to every
+callback, overwritten by evaluation batches, so values are copied when seen; the
+eval logs carry only the *last* eval batch's loss, so the eval loss is averaged
+here from the batches; and ``fit`` calls the eval callbacks only when given
+``eval_data``, so without it the history has train fields only, ``best`` stays
+``None`` and ``final.pdparams``/``run.json`` are still written at train end.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import time
+
+import paddle
+
+from ..checkpoint import atomic_save, atomic_write_json
+
+
+def _scalar(value) -> float | None:
+    """Paddle logs a loss as a one-element list and metrics as numbers."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return float(value) if isinstance(value, numbers.Number) else None
+
+
+def _metrics(logs: dict, names: list[str]) -> dict:
+    """The metric values (not the loss) named in ``names`` that ``logs`` holds."""
+    values = {name: _scalar(logs.get(name)) for name in names if name != "loss"}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class BestAndFinalCheckpoint(paddle.callbacks.Callback):
+    """Save ``best.pdparams`` on improvement, ``final.pdparams`` at the end, and ``run.json``."""
+
+    def __init__(self, run_dir: str, meta: dict | None = None, monitor: str = "acc_top1") -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.meta = dict(meta or {})
+        self.monitor = monitor
+        self.best_path = os.path.join(run_dir, "best.pdparams")
+        self.final_path = os.path.join(run_dir, "final.pdparams")
+        self.json_path = os.path.join(run_dir, "run.json")
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.final: dict | None = None
+        self._entry: dict | None = None  # the epoch awaiting its evaluation
+        self._epoch = 0
+        self._epoch_start = 0.0
+        self._sums = [0.0, 0]  # weighted train loss, samples
+        self._eval_sums = [0.0, 0]
+        self._eval_names: list[str] = []
+        self._train_metrics: dict = {}
+
+    # -- helpers ---------------------------------------------------------------
+    def _is_write(self) -> bool:
+        return paddle.distributed.ParallelEnv().local_rank == 0
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None or self.best.get(self.monitor) is None:
+            return True
+        if "loss" in self.monitor:
+            return value < self.best[self.monitor]
+        return value > self.best[self.monitor]
+
+    def _record(self) -> dict:
+        return {**self.meta, "history": self.history, "best": self.best, "final": self.final,
+                "checkpoints": {"best": self.best_path if self.best is not None else None,
+                                "final": self.final_path if self.final is not None else None}}
+
+    def _write_record(self) -> None:
+        if self._is_write():
+            atomic_write_json(self._record(), self.json_path)
+
+    @staticmethod
+    def _accumulate(sums: list, logs: dict) -> None:
+        loss = _scalar(logs.get("loss"))
+        if loss is not None:
+            n = int(logs.get("batch_size") or 1)
+            sums[0] += loss * n
+            sums[1] += n
+
+    # -- train -----------------------------------------------------------------
+    def on_train_begin(self, logs=None) -> None:
+        if self._is_write():
+            os.makedirs(self.run_dir, exist_ok=True)
+
+    def on_epoch_begin(self, epoch=None, logs=None) -> None:
+        self._epoch = epoch or 0
+        self._epoch_start = time.perf_counter()
+        self._sums = [0.0, 0]
+        self._train_metrics = {}
+        self._entry = None
+
+    def on_train_batch_end(self, step, logs=None) -> None:
+        logs = logs or {}
+        self._accumulate(self._sums, logs)
+        self._train_metrics = _metrics(logs, self.params.get("metrics") or [])
+
+    def on_epoch_end(self, epoch=None, logs=None) -> None:
+        loss_sum, samples = self._sums
+        entry = {"epoch": self._epoch,
+                 "train_loss": loss_sum / samples if samples else None,
+                 **{f"train_{k}": v for k, v in self._train_metrics.items()},
+                 "lr": float(self.model._optimizer.get_lr()) if self.model._optimizer else None,
+                 "train_seconds": round(time.perf_counter() - self._epoch_start, 3)}
+        self.history.append(entry)
+        self._entry = entry
+        self._write_record()
+
+    # -- eval ------------------------------------------------------------------
+    def on_eval_begin(self, logs=None) -> None:
+        self._eval_sums = [0.0, 0]
+        self._eval_names = (logs or {}).get("metrics") or self.params.get("metrics") or []
+
+    def on_eval_batch_end(self, step, logs=None) -> None:
+        self._accumulate(self._eval_sums, logs or {})
+
+    def on_eval_end(self, logs=None) -> None:
+        entry, self._entry = self._entry, None
+        if entry is None:  # an evaluate() outside fit: nothing to record
+            return
+        logs = logs or {}
+        loss_sum, samples = self._eval_sums
+        eval_loss = loss_sum / samples if samples else _scalar(logs.get("loss"))
+        metrics = _metrics(logs, self._eval_names)
+        entry.update({"eval_loss": eval_loss, **metrics,
+                      "epoch_seconds": round(time.perf_counter() - self._epoch_start, 3)})
+        value = eval_loss if self.monitor in ("loss", "eval_loss") else metrics.get(self.monitor)
+        if value is not None and self._improved(value):
+            self.best = {"epoch": entry["epoch"], "eval_loss": eval_loss, **metrics,
+                         self.monitor: value}
+            if self._is_write():
+                atomic_save(self.model.network.state_dict(), self.best_path)
+        self._write_record()
+
+    # -- end -------------------------------------------------------------------
+    def on_train_end(self, logs=None) -> None:
+        last = self.history[-1] if self.history else {}
+        self.final = {k: v for k, v in last.items() if not k.endswith("_seconds")}
+        if self._is_write():
+            atomic_save(self.model.network.state_dict(), self.final_path)
+        self._write_record()

@@ -1,0 +1,172 @@
+"""Crash-safe checkpoint files, and loading them with errors that say what is wrong.
+
+Saving writes a hidden temporary file in the target's directory, fsyncs it, and
+renames it over the target with ``os.replace`` (atomic on POSIX and Windows within
+one file system). An interrupted run (Ctrl-C, OOM kill, power loss) therefore
+leaves either the previous complete file or the new complete file, never a
+truncated one, and no temporary file is left behind by a failed save.
+
+Loading turns Paddle's various exceptions (``ValueError`` with a C++ stack,
+``EOFError: Ran out of input``, ...) into a one-line :class:`CheckpointError`, and
+:func:`load_weights` checks names and shapes before copying anything, so a
+checkpoint of another architecture fails with a list of the differences instead of
+loading partially with a warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+import paddle
+
+from .errors import CheckpointError
+
+_SHOWN = 4  # names listed per kind of mismatch before "and N more"
+
+
+def _temp_path(path: str) -> str:
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Persist the rename itself; not possible (nor needed) on some platforms."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Run ``write(temp_path)``, fsync the result, then rename it onto ``path``."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``paddle.save(obj, path)`` that never leaves ``path`` truncated or half-written."""
+    _atomic_write(path, lambda tmp: paddle.save(obj, tmp))
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays (e.g. dataset mean/std) and paths, which ``json`` refuses."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def atomic_write_json(data: dict, path: str) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (see :func:`atomic_save`)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    _atomic_write(path, write)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (paddle.Tensor, np.ndarray))
+
+
+def load_state_dict(path: str) -> dict:
+    """Load a ``.pdparams`` state dict (name -> tensor), or raise a one-line CheckpointError."""
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"checkpoint not found: {path} (train one first, which writes best.pdparams and "
+            "final.pdparams in its run directory, or pass --pretrained PATH to an existing file)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy? "
+                              "Re-create or re-download it")
+    try:
+        state = paddle.load(path)
+    except Exception as e:  # Paddle raises ValueError, EOFError, UnpicklingError, RuntimeError...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.replace(f":{path}", "").replace(path, "the file")
+        raise CheckpointError(
+            f"checkpoint {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
+            f"Paddle file ({type(e).__name__}: {reason[:160]})") from None
+    if not isinstance(state, dict) or not state or not all(_is_array(v) for v in state.values()):
+        # paddle.load falls back to parsing unknown bytes as a Program, so garbage can "load"
+        kind = f"a {type(state).__name__}" + (" of non-tensors" if isinstance(state, dict) and state else "")
+        raise CheckpointError(f"checkpoint {path} is not a Paddle state dict (name -> tensor) but reads "
+                              f"as {kind}: a corrupt file, or not a .pdparams of weights")
+    return state
+
+
+def _listing(items: list[str], what: str) -> str:
+    """``"7 missing keys (a, b, c, d and 3 more)"``: long lists stay readable on one line."""
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return f"{len(items)} {what} ({', '.join(items[:_SHOWN])}{more})"
+
+
+def _shape(value: Any) -> list[int]:
+    return [int(d) for d in value.shape]
+
+
+def load_weights(model: paddle.nn.Layer, state: dict, *,
+                 skip: Callable[[str], bool] = lambda k: False,
+                 allow_missing: Callable[[str], bool] = lambda k: False) -> list[str]:
+    """Copy ``state`` into ``model`` after checking that they fit, all or nothing.
+
+    Keys where ``skip(k)`` are ignored on both sides (e.g. a classifier head for
+    another class count). Model keys absent from ``state`` are an error unless
+    ``allow_missing(k)`` (e.g. adapter branches that the backbone checkpoint never
+    had); checkpoint keys the model lacks and shape differences are always errors.
+    Returns the model keys that keep their initial values: the skipped ones and
+    the allowed missing ones.
+    """
+    own = model.state_dict()
+    ckpt = {k: v for k, v in state.items() if not skip(k)}
+    absent = [k for k in own if k not in ckpt]
+    missing = [k for k in absent if not skip(k) and not allow_missing(k)]
+    unexpected = [k for k in ckpt if k not in own]
+    mismatched = [k for k in ckpt if k in own and _shape(ckpt[k]) != _shape(own[k])]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(_listing(missing, "missing keys"))
+        if unexpected:
+            problems.append(_listing(unexpected, "unexpected keys"))
+        if mismatched:
+            problems.append(_listing([f"{k}: checkpoint {_shape(ckpt[k])} vs model {_shape(own[k])}"
+                                      for k in mismatched], "shape mismatches"))
+        raise CheckpointError(
+            "checkpoint does not fit the model: " + "; ".join(problems)
+            + "; it was probably made for another architecture "
+              "(compare embed_dim/width, depth and patch_size with the model's config)")
+    matched = {k: v for k, v in ckpt.items() if k in own}
+    for k, v in matched.items():
+        if v.dtype != own[k].dtype:  # e.g. a float16 checkpoint into a float32 model
+            matched[k] = paddle.cast(paddle.to_tensor(v), own[k].dtype)
+    model.set_state_dict(matched)
+    return absent
