@@ -1,0 +1,71 @@
+"""One entry point from a dataset name to ready-to-load train and test datasets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import paddle
+
+from ..errors import DataError
+from .arrays import ArrayDataset, Splits, select_classes
+from .cifar import cifar_spec, load_cifar
+from .digits import DIGITS_MEAN, DIGITS_STD, ROLES, load_digits_splits
+from .folder import FOLDER_MEAN, FOLDER_STD, load_image_folder
+from .transforms import EvalTransform, TrainTransform
+
+DATASETS = ("cifar10", "cifar100", "digits", "folder")
+
+
+@dataclass
+class DatasetBundle:
+    """What a training stage needs from its data: both splits plus what a checkpoint
+    must record to classify new images the same way (class names, normalisation)."""
+
+    train: paddle.io.Dataset
+    test: paddle.io.Dataset
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
+                   data_file: str | Path | None = None, data_dir: str | Path | None = None,
+                   classes: Sequence[int] | None = None, augment: bool = True) -> DatasetBundle:
+    """Load dataset ``name`` (one of :data:`DATASETS`) for a training stage.
+
+    ``role`` ("pretrain" / "transfer") picks digits 0-4 or 5-9 and is ignored by
+    the other datasets. ``classes`` keeps those original class indices, relabelled
+    0..k-1 in the given order (``None`` or empty keeps all). Images are resized
+    to ``img_size`` once, here. ``augment=False`` gives the train split the
+    deterministic eval transform. Every user-fixable problem raises ``DataError``.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}' (choose one of {', '.join(DATASETS)})")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+
+    flip = True
+    if name == "digits":
+        splits: Splits = load_digits_splits(role)
+        mean, std, flip = DIGITS_MEAN, DIGITS_STD, False  # a mirrored digit is another symbol
+    elif name == "folder":
+        splits = load_image_folder(data_dir, img_size)
+        mean, std = FOLDER_MEAN, FOLDER_STD
+    else:
+        spec = cifar_spec(name)
+        splits = load_cifar(name, data_file)
+        mean, std = spec.mean, spec.std
+
+    splits = select_classes(splits, classes).resized(img_size)  # subset first: fewer images to resize
+    eval_transform = EvalTransform(mean, std)
+    train_transform = TrainTransform(img_size, mean, std, flip=flip) if augment else eval_transform
+    return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
+                         test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),
+                         class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std))
