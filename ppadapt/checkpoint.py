@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import uuid
 from typing import Any, Callable
 
@@ -168,5 +169,7 @@ def load_weights(model: paddle.nn.Layer, state: dict, *,
     for k, v in matched.items():
         if v.dtype != own[k].dtype:  # e.g. a float16 checkpoint into a float32 model
             matched[k] = paddle.cast(paddle.to_tensor(v), own[k].dtype)
-    model.set_state_dict(matched)
+    with warnings.catch_warnings():  # Paddle warns per key left out; we reported those above
+        warnings.filterwarnings("ignore", message="Skip loading for")
+        model.set_state_dict(matched)
     return absent

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from .config import CONFIG_DIR, Config, load_config, set_value, validate
@@ -57,6 +58,8 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
 
 
 def _run(main: Callable[[], int]) -> int:
+    # Paddle's own train_batch copies a tensor the way it warns users not to, every step.
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
     try:
         return main()
     except PPAdaptError as exc:
