@@ -19,7 +19,7 @@ from .callbacks import BestAndFinalCheckpoint, VisualDLLogger, WarmupEpochCosine
 from .checkpoint import load_state_dict, load_weights
 from .config import Config
 from .data import build_datasets
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .freeze import ParamCount, count_parameters, set_trainable, trainable_parameters
 from .methods.adaptformer import apply_adaptformer, is_adapter_parameter
 from .models.vit import VisionTransformer
@@ -129,7 +129,7 @@ def make_optimizer(model: paddle.nn.Layer, cfg: Config, stage: str) -> paddle.op
     st = cfg.stage(stage)
     params = trainable_parameters(model)
     if not params:
-        raise CheckpointError("nothing to train: every parameter is frozen")
+        raise ConfigError("nothing to train: every parameter is frozen (enable adapter or drop --freeze)")
     return paddle.optimizer.Momentum(
         learning_rate=st.lr, momentum=st.momentum, parameters=params,
         weight_decay=paddle.regularizer.L2Decay(st.weight_decay) if st.weight_decay else None)
