@@ -2,9 +2,10 @@
 
 Paddle pins itself to one OpenMP thread unless ``OMP_NUM_THREADS`` says
 otherwise, and MKL takes a slow generic path on AMD processors unless
-``MKL_DEBUG_CPU_TYPE=5``. On a 2-core AMD machine this makes a training step
-of the CPU preset's ViT about three times faster (see the README). Values the
-user has set are never overridden.
+``MKL_DEBUG_CPU_TYPE=5``. Measured on a 2-core AMD EPYC with the CPU preset's
+ViT (width 192, depth 6, batch 64, one full training step): 3.79 s with Paddle's
+defaults, 2.45 s with two threads, 2.19 s with the MKL setting, 1.78 s with both.
+Values the user has set are never overridden.
 """
 from __future__ import annotations
 
