@@ -146,6 +146,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
               verbose: int = 2) -> StageResult:
     """Train one stage end to end: data, model, fit with eval each epoch, checkpoints, logs."""
     st = cfg.stage(stage)
+    if stage == "transfer":
+        resolve_pretrained(cfg)  # fail on a missing checkpoint before spending time on the data
     seed_everything(cfg.seed)
     start = time.time()
     data = build_datasets(st.dataset, role=stage, img_size=cfg.model.img_size,
