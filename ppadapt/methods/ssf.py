@@ -1,0 +1,178 @@
+"""SSF: Scaling & Shifting your Features (Lian et al., 2022, arXiv 2210.08823) on a plain ViT.
+
+A learnable per-channel scale ``gamma`` and shift ``beta`` are applied to the
+output of every ``nn.Linear`` and ``nn.LayerNorm`` inside the blocks
+(``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``),
+and, as in the authors' ViT, to the patch-embedding convolution's output (per
+channel) and to the final ``norm``: ``y' = y * gamma + beta``.
+
+The ViT is not forked: the factors of the layer ``parent.child`` are the
+sublayer ``parent.child_ssf`` (parameters ``scale`` and ``shift``), applied by a
+forward post-hook on the layer, so every backbone parameter keeps its
+PaddleClas name and a backbone checkpoint still loads.
+
+Since the factors act linearly on a linear layer's output, :func:`merge_ssf`
+folds them exactly into that layer (``W' = W * gamma`` per output channel,
+``b' = b * gamma + beta``) and removes the sublayers and hooks, giving back a
+plain ViT with zero inference overhead.
+
+A layer without a bias (``attn.qkv`` when ``qkv_bias=False``) cannot absorb
+the shift otherwise, so :func:`merge_ssf` *creates* the bias parameter there
+(frozen like the weight) and sets ``model.config.qkv_bias = True``: the merged
+model is a plain ViT with qkv biases, i.e. its state dict loads into
+``VisionTransformer(..., qkv_bias=True)``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from paddle.nn.initializer import Constant, Normal
+
+SUFFIX = "_ssf"
+_TYPES = (nn.Linear, nn.LayerNorm)
+
+
+@dataclass
+class SSFConfig:
+    """Options of SSF (the authors' defaults)."""
+
+    # Std of the init: scale ~ N(1, init_std), shift ~ N(0, init_std) (authors: 0.02).
+    # init_std=0 starts from scale 1, shift 0: an exact no-op.
+    init_std: float = 0.02
+    # Also scale/shift the patch-embedding output and the final norm (authors' ViT).
+    include_embed_and_final_norm: bool = True
+
+    def validated(self) -> "SSFConfig":
+        if self.init_std < 0:
+            raise ValueError(f"ssf.init_std must be >= 0, got {self.init_std}")
+        return self
+
+
+class SSF(nn.Layer):
+    """Per-channel ``x * scale + shift`` over ``channels``; ``channel_axis`` -1 or 1 (NCHW)."""
+
+    def __init__(self, channels: int, init_std: float = 0.02, channel_axis: int = -1):
+        super().__init__()
+        self.channel_axis = channel_axis
+        if init_std > 0:
+            scale_init, shift_init = Normal(1.0, init_std), Normal(0.0, init_std)
+        else:
+            scale_init, shift_init = Constant(1.0), Constant(0.0)
+        self.scale = self.create_parameter([channels], default_initializer=scale_init)
+        self.shift = self.create_parameter([channels], default_initializer=shift_init)
+
+    def forward(self, x):
+        if self.channel_axis == -1:
+            return x * self.scale + self.shift
+        shape = [1] * x.ndim
+        shape[self.channel_axis] = -1
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+
+class _ScaleShift:
+    """Forward post-hook of the target layer: scales and shifts its output."""
+
+    def __init__(self, ssf: SSF):
+        self.ssf = ssf
+
+    def __call__(self, layer, inputs, output):
+        return self.ssf(output)
+
+
+def _targets(model: nn.Layer, cfg: SSFConfig) -> list[tuple[str, nn.Layer]]:
+    found = []
+    for i, block in enumerate(model.blocks):
+        found += [(f"blocks.{i}.{n}", l) for n, l in block.named_sublayers() if isinstance(l, _TYPES)]
+    if cfg.include_embed_and_final_norm:
+        found.insert(0, ("patch_embed.proj", model.patch_embed.proj))
+        found.append(("norm", model.norm))
+    return found
+
+
+def _channels(layer: nn.Layer) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.weight.shape[1]
+    if isinstance(layer, nn.Conv2D):
+        return layer.weight.shape[0]
+    return layer._normalized_shape[-1]  # LayerNorm over the last axis
+
+
+def apply_ssf(model: nn.Layer, cfg: SSFConfig | None = None) -> list[SSF]:
+    """Add SSF after every Linear/LayerNorm of the blocks (+ patch embed, final norm); in place."""
+    cfg = (cfg or SSFConfig()).validated()
+    if any(isinstance(l, SSF) for l in model.sublayers()):
+        raise ValueError("SSF is already applied to this model")
+    layers = dict(model.named_sublayers())
+    modules = []
+    for name, layer in _targets(model, cfg):
+        if isinstance(layer, nn.Conv2D) and layer._data_format != "NCHW":
+            raise ValueError(f"SSF supports only an NCHW patch embedding, {name} is {layer._data_format}")
+        ssf = SSF(_channels(layer), cfg.init_std, channel_axis=1 if isinstance(layer, nn.Conv2D) else -1)
+        parent_name, _, child = name.rpartition(".")
+        parent = layers[parent_name] if parent_name else model
+        parent.add_sublayer(child + SUFFIX, ssf)
+        ssf._hook = layer.register_forward_post_hook(_ScaleShift(ssf))
+        modules.append(ssf)
+    model.ssf_config = asdict(cfg)
+    return modules
+
+
+def is_ssf_parameter(name: str) -> bool:
+    """True for SSF's own parameters (``..._ssf.scale`` / ``..._ssf.shift``)."""
+    return f"{SUFFIX}." in name
+
+
+def _set(layer: nn.Layer, attr: str, value: np.ndarray, like) -> None:
+    """Write ``value`` into ``layer.<attr>``, creating the parameter if it is None."""
+    param = getattr(layer, attr)
+    if param is None:
+        param = layer.create_parameter(list(value.shape), dtype=like.dtype, is_bias=True,
+                                       default_initializer=Constant(0.0))
+        param.stop_gradient = like.stop_gradient
+        setattr(layer, attr, param)
+    param.set_value(value.astype(like.numpy().dtype))
+
+
+@paddle.no_grad()
+def merge_ssf(model: nn.Layer) -> None:
+    """Fold every SSF scale/shift into the layer before it and remove SSF's modules and hooks.
+
+    Exact for Linear (``W[:, j] *= g_j``), LayerNorm (``weight * g``) and the
+    patch-embedding Conv2D (``weight[j] *= g_j``); biases become ``b * g + beta``.
+    A missing bias is created (see the module docstring).
+    """
+    found = [(n, l) for n, l in model.named_sublayers() if isinstance(l, SSF)]
+    if not found:
+        raise ValueError("SSF is not applied to this model")
+    layers = dict(model.named_sublayers())
+    created_qkv_bias = False
+    for name, ssf in found:
+        parent_name, _, child = name.rpartition(".")
+        parent = layers[parent_name] if parent_name else model
+        layer = getattr(parent, child[: -len(SUFFIX)])
+        g = ssf.scale.numpy().astype(np.float64)
+        beta = ssf.shift.numpy().astype(np.float64)
+        like = layer.weight
+        if like is None:
+            raise ValueError(f"cannot merge SSF into {name[: -len(SUFFIX)]}: the layer has no weight")
+        w = like.numpy().astype(np.float64)
+        if isinstance(layer, nn.Linear):
+            w = w * g[None, :]
+        elif isinstance(layer, nn.Conv2D):
+            w = w * g.reshape([-1] + [1] * (w.ndim - 1))
+        else:  # LayerNorm: y = norm(x) * weight + bias
+            w = w * g
+        b = np.zeros_like(g) if layer.bias is None else layer.bias.numpy().astype(np.float64)
+        if layer.bias is None and isinstance(layer, nn.Linear) and name.endswith("attn.qkv" + SUFFIX):
+            created_qkv_bias = True
+        like.set_value(w.astype(like.numpy().dtype))
+        _set(layer, "bias", b * g + beta, like)
+        ssf._hook.remove()
+        delattr(parent, child)
+    if created_qkv_bias and hasattr(model, "config") and hasattr(model.config, "qkv_bias"):
+        model.config.qkv_bias = True
+    if hasattr(model, "ssf_config"):
+        del model.ssf_config
