@@ -70,6 +70,22 @@ def _run(main: Callable[[], int]) -> int:
         return 130
 
 
+def _use_backbone(cfg: Config, name: str) -> None:
+    """Switch the model to a PaddleClas ViT architecture: a plain ViT, so the
+    AdaptFormer branches come only from the transfer method."""
+    import dataclasses
+
+    from .errors import ConfigError
+    from .models.paddleclas_archs import paddleclas_vit_config
+
+    try:
+        arch = paddleclas_vit_config(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg.model = dataclasses.replace(arch)
+    cfg.adapter.enabled = False
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     p = _common_parser("train.py", "Pretrain a ViT with AdaptFormer branches from scratch.\n\n"
                        "  python ppadapt/train.py --pretrain cifar100\n"
@@ -97,21 +113,38 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pretrained", metavar="CKPT",
                    help="backbone checkpoint (default: the final checkpoint of train.py with the same "
                         "config, under output/); 'none' trains from scratch")
+    p.add_argument("--method", metavar="NAME",
+                   help="tuning method (see --list-methods; default: full fine-tuning, or the config's "
+                        "method.name); options with -o method.KEY=VALUE")
+    p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
+    p.add_argument("--backbone", metavar="NAME",
+                   help="architecture of a PaddleClas ViT constructor, e.g. ViT_base_patch16_224 "
+                        "(a plain ViT: no pretrained AdaptFormer branches)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, apply freezing, print the parameter summary and exit (no data)")
     args = p.parse_args(argv)
 
     def main() -> int:
-        cfg = _load(args, "transfer", args.dataset)
+        if args.list_methods:
+            from .methods import list_methods
+            print(list_methods())
+            return 0
+        extra = []
+        if args.method is not None:
+            extra.append(f"method.name={args.method}")
         if args.freeze:
-            cfg.transfer.freeze = True
+            extra.append("transfer.freeze=true")
         if args.pretrained is not None:
-            cfg.transfer.pretrained = args.pretrained
+            extra.append(f"transfer.pretrained={args.pretrained}")
+        args.override = extra + args.override
+        cfg = _load(args, "transfer", args.dataset)
+        if args.backbone is not None:
+            _use_backbone(cfg, args.backbone)
         if args.dry_run:
-            from .engine import build_model, apply_freezing, class_count
+            from .engine import apply_transfer_method, build_model, class_count
             from .freeze import count_parameters
             model = build_model(cfg, class_count(cfg, "transfer"))
-            apply_freezing(model, cfg.transfer.freeze)
+            apply_transfer_method(model, cfg)
             print(count_parameters(model))
             return 0
         from .engine import run_stage

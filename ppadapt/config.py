@@ -69,9 +69,22 @@ class TransferConfig(StageConfig):
 
 
 @dataclass
+class MethodSection:
+    """The tuning method of the transfer stage and its options (``-o method.rank=8``).
+
+    Option names depend on the method, so they are checked against the method's
+    own config in :func:`validate` rather than by this dataclass.
+    """
+
+    name: str = "full"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: ViTConfig = field(default_factory=ViTConfig)
     adapter: AdapterSection = field(default_factory=AdapterSection)
+    method: MethodSection = field(default_factory=MethodSection)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     seed: int = 42
@@ -124,6 +137,9 @@ def set_value(cfg: Config, dotted: str, value: Any, *, stage: str | None = None,
     parts = dotted.split(".")
     if len(parts) == 1 and stage and not hasattr(cfg, parts[0]) and parts[0] in _field_names(cfg.stage(stage)):
         parts = [stage] + parts
+    if len(parts) == 2 and parts[0] == "method" and parts[1] not in ("name", "options"):
+        cfg.method.options[parts[1]] = value
+        return
     node = cfg
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(node) or part not in _field_names(node):
@@ -161,8 +177,29 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.patch_size ({m.patch_size}) is larger than model.img_size ({m.img_size})")
     try:
         cfg.adapter.method_config()
+        method_config(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def transfer_method(cfg: Config) -> str:
+    """The transfer stage's method: ``transfer.freeze`` (``--freeze``) means AdaptFormer."""
+    return "adaptformer" if cfg.transfer.freeze else cfg.method.name
+
+
+def method_config(cfg: Config):
+    """The checked options of the transfer method (ValueError on a bad one)."""
+    from .methods import get_method
+
+    name = transfer_method(cfg)
+    if cfg.transfer.freeze and cfg.method.name not in ("full", "adaptformer"):
+        raise ValueError(f"--freeze means method 'adaptformer' but method '{cfg.method.name}' is set; use one")
+    if name == "adaptformer" and cfg.method.options:
+        raise ValueError("AdaptFormer's options live in the adapter section (e.g. -o adapter.bottleneck=8), "
+                         "not in method")
+    cfg_obj = get_method(name).make_config(**cfg.method.options)
+    validated = getattr(cfg_obj, "validated", None)
+    return validated() if callable(validated) else cfg_obj
 
 
 def dump_config(cfg: Config) -> str:
@@ -175,6 +212,9 @@ def _merge(node: Any, data: dict, prefix: str, source: str) -> None:
     for key, value in data.items():
         key = str(key)
         dotted = f"{prefix}{key}"
+        if isinstance(node, MethodSection) and key not in ("name", "options"):
+            node.options[key] = value
+            continue
         if key not in _field_names(node):
             _unknown(node, prefix.rstrip("."), key, source)
         current = getattr(node, key)

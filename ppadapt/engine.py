@@ -17,10 +17,11 @@ from paddle.static import InputSpec
 
 from .callbacks import BestAndFinalCheckpoint, VisualDLLogger, WarmupEpochCosine, WarmupStepCosine
 from .checkpoint import load_state_dict, load_weights
-from .config import Config
+from .config import Config, transfer_method
 from .data import build_datasets
 from .errors import CheckpointError, ConfigError, DataError
 from .freeze import ParamCount, count_parameters, set_trainable, trainable_parameters
+from .methods import Method, get_method
 from .methods.adaptformer import apply_adaptformer, is_adapter_parameter
 from .models.vit import VisionTransformer
 
@@ -47,17 +48,30 @@ def build_model(cfg: Config, class_num: int) -> VisionTransformer:
 
 def apply_freezing(model: paddle.nn.Layer, freeze: bool) -> None:
     """Frozen: only the AdaptFormer branches and the head train. Otherwise everything does."""
-    if freeze:
-        set_trainable(model, lambda name: is_adapter_parameter(name) or name.startswith("head."))
-    else:
-        set_trainable(model, lambda name: True)
+    set_trainable(model, get_method("adaptformer" if freeze else "full").is_trainable)
+
+
+def apply_transfer_method(model: VisionTransformer, cfg: Config) -> Method:
+    """Inject the transfer method into ``model`` and freeze everything it does not own.
+
+    AdaptFormer reuses the branches the model already has (the tutorial pretrains
+    them); every other method comes on top of the whole pretrained network.
+    """
+    method = get_method(transfer_method(cfg))
+    if method.name == "adaptformer" and not cfg.adapter.enabled:
+        apply_adaptformer(model, cfg.adapter.method_config())
+    elif method.name != "adaptformer":
+        method.apply_to(model, **cfg.method.options)
+    set_trainable(model, method.is_trainable)
+    return method
 
 
 def run_dir(cfg: Config, stage: str) -> Path:
     st = cfg.stage(stage)
     name = f"{cfg.name}_{stage}_{st.dataset}"
     if stage == "transfer":
-        name += "_frozen" if cfg.transfer.freeze else "_full"
+        method = transfer_method(cfg)
+        name += {"adaptformer": "_frozen", "full": "_full"}.get(method, f"_{method}")
     return Path(cfg.output) / name
 
 
@@ -103,7 +117,7 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
             kept = load_pretrained(model, path)
             log(f"loaded pretrained weights from {path}"
                 + (f" ({len(kept)} new tensors left at init)" if kept else ""))
-        apply_freezing(model, cfg.transfer.freeze)
+        apply_transfer_method(model, cfg)
     else:
         apply_freezing(model, False)
     params = count_parameters(model)
@@ -169,7 +183,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
                        labels=[InputSpec([None, 1], "int64", "label")])
     net.prepare(make_optimizer(model, cfg, stage), paddle.nn.CrossEntropyLoss(),
                 paddle.metric.Accuracy(topk=topk))
-    meta = {"stage": stage, "dataset": st.dataset, "class_names": data.class_names,
+    meta = {"stage": stage, "dataset": st.dataset,
+            "method": transfer_method(cfg) if stage == "transfer" else "full", "class_names": data.class_names,
             "mean": list(data.mean), "std": list(data.std), "config": cfg.to_dict(),
             "params": {"trainable": params.trainable, "total": params.total}}
     saver = BestAndFinalCheckpoint(str(out), meta=meta)

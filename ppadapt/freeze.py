@@ -28,6 +28,12 @@ class ParamCount:
     trainable: int
     total: int
     trainable_bytes: int
+    head: int = 0  # trainable parameters of the classifier head
+
+    @property
+    def without_head(self) -> int:
+        """Trainable parameters excluding the head: V-PETL Bench's "Params" column."""
+        return self.trainable - self.head
 
     @property
     def percent(self) -> float:
@@ -35,17 +41,19 @@ class ParamCount:
 
     def __str__(self) -> str:
         return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
-                f"({self.percent:.2f}%), {self.trainable_bytes / 2**20:.2f} MiB")
+                f"({self.percent:.2f}%), {self.trainable_bytes / 2**20:.2f} MiB; "
+                f"{self.without_head:,} without the head")
 
 
 def count_parameters(model: nn.Layer) -> ParamCount:
     """Count every parameter of ``model`` (including ``pos_embed`` and ``cls_token``,
     which ``paddle.summary`` leaves out because they belong to no sublayer)."""
-    trainable = total = nbytes = 0
-    for param in model.parameters():
+    trainable = total = nbytes = head = 0
+    for name, param in model.named_parameters():
         n = int(param.size)
         total += n
         if not param.stop_gradient:
             trainable += n
             nbytes += n * param.element_size()
-    return ParamCount(trainable, total, nbytes)
+            head += n if name.startswith("head.") else 0
+    return ParamCount(trainable, total, nbytes, head)

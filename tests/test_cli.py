@@ -94,7 +94,7 @@ def test_transfer_learns_and_records_the_run(pipeline):
 def test_dry_run_prints_the_summary_without_data(tmp_path):
     proc = run("transfer", "--dry-run", "--freeze", "-o", "adapter.variant=tutorial", "--output", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "trainable parameters: 1,197,334 of 86,325,526 (1.39%), 4.57 MiB"
+    assert proc.stdout.strip() == "trainable parameters: 1,197,334 of 86,325,526 (1.39%), 4.57 MiB; 1,189,644 without the head"
     assert not any(tmp_path.iterdir())
 
 
@@ -182,3 +182,41 @@ def test_offline_download_failure_says_pass_data_file(monkeypatch, capsys):
     assert train_main(["--pretrain", "cifar100", *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: download of cifar-100-python.tar.gz failed") and "--data-file" in err
+
+
+# --- tuning methods (issue 3) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args,expected", [
+    (["--method", "bitfit"], "102,912 without the head"),
+    (["--method", "lora", "-o", "method.rank=8"], "294,912 without the head"),
+    (["--freeze", "-o", "adapter.bottleneck=8"], "156,768 without the head"),
+    (["--method", "vpt-shallow", "-o", "method.tokens=100"], "76,800 without the head"),
+    (["--method", "linear"], "trainable parameters: 7,690 of 85,806,346 (0.01%), 0.03 MiB; 0 without the head"),
+])
+def test_dry_run_standard_counts_on_paddleclas_vit_b16(args, expected):
+    proc = run("transfer", "--dry-run", "--backbone", "ViT_base_patch16_224", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert expected in proc.stdout
+
+
+def test_list_methods_and_method_errors():
+    proc = run("transfer", "--list-methods")
+    assert proc.returncode == 0
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == ["full", "linear", "adaptformer", "bitfit", "vpt-shallow", "vpt-deep", "lora", "adapter", "ssf"]
+    assert_user_error(run("transfer", "--dry-run", "--method", "lorra"), "did you mean 'lora'?")
+    assert_user_error(run("transfer", "--dry-run", "--method", "lora", "-o", "method.rnk=2"), "no option 'rnk'")
+    assert_user_error(run("transfer", "--dry-run", "--backbone", "ViT_huge"), "unknown backbone")
+
+
+@pytest.mark.parametrize("method", ["bitfit", "lora", "vpt-deep", "ssf"])
+def test_methods_transfer_from_the_pretrained_checkpoint(pipeline, archives, method):
+    out = pipeline[0]
+    proc = run("transfer", "--method", method, "--data-file", archives[1], "--epochs", 1, "--output", out, *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pre = paddle.load(str(out / "tutorial_pretrain_cifar100" / "final.pdparams"))
+    tuned = paddle.load(str(out / f"tutorial_transfer_cifar10_{method}" / "final.pdparams"))
+    frozen = [k for k in pre if not k.startswith("head.") and not (method == "bitfit" and k.endswith(".bias"))]
+    assert all(np.array_equal(pre[k].numpy(), tuned[k].numpy()) for k in frozen)
+    if method != "bitfit":  # the method's own tensors are saved with the checkpoint
+        assert set(tuned) - set(pre)
