@@ -116,6 +116,8 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--method", metavar="NAME",
                    help="tuning method (see --list-methods; default: full fine-tuning, or the config's "
                         "method.name); options with -o method.KEY=VALUE")
+    p.add_argument("--resume-adapter", metavar="FILE",
+                   help="start the method's tensors (and head) from an adapter.pdparams written by transfer.py")
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
                    help="architecture of a PaddleClas ViT constructor, e.g. ViT_base_patch16_224 "
@@ -134,10 +136,12 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
             extra.append(f"method.name={args.method}")
         if args.freeze:
             extra.append("transfer.freeze=true")
-        if args.pretrained is not None:
-            extra.append(f"transfer.pretrained={args.pretrained}")
         args.override = extra + args.override
         cfg = _load(args, "transfer", args.dataset)
+        if args.pretrained is not None:  # paths: set as given, not parsed as YAML
+            cfg.transfer.pretrained = args.pretrained
+        if args.resume_adapter is not None:
+            cfg.transfer.resume_adapter = args.resume_adapter
         if args.backbone is not None:
             _use_backbone(cfg, args.backbone)
         if args.dry_run:

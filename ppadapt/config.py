@@ -66,6 +66,7 @@ class PretrainConfig(StageConfig):
 class TransferConfig(StageConfig):
     freeze: bool = False
     pretrained: str | None = None  # None: the final checkpoint of this config's pretraining run
+    resume_adapter: str | None = None  # an adapter.pdparams to start the method's tensors from
 
 
 @dataclass

@@ -16,6 +16,7 @@ import paddle
 from paddle.static import InputSpec
 
 from .callbacks import BestAndFinalCheckpoint, VisualDLLogger, WarmupEpochCosine, WarmupStepCosine
+from .adapter_file import load_adapter, save_adapter
 from .checkpoint import load_state_dict, load_weights
 from .config import Config, transfer_method
 from .data import build_datasets
@@ -118,6 +119,9 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
             log(f"loaded pretrained weights from {path}"
                 + (f" ({len(kept)} new tensors left at init)" if kept else ""))
         apply_transfer_method(model, cfg)
+        if cfg.transfer.resume_adapter:
+            load_adapter(model, cfg.transfer.resume_adapter, transfer_method(cfg))
+            log(f"loaded adapter {cfg.transfer.resume_adapter}")
     else:
         apply_freezing(model, False)
     params = count_parameters(model)
@@ -156,6 +160,12 @@ def lr_callback(cfg: Config, stage: str, steps_per_epoch: int) -> paddle.callbac
     return WarmupEpochCosine(st.lr, st.warmup_steps, st.epochs, st.min_lr)
 
 
+def adapter_meta(cfg: Config) -> dict:
+    """What an adapter file records to be applied again: method, its options, model."""
+    return {"method": transfer_method(cfg), "options": cfg.method.options,
+            "adapter": cfg.to_dict()["adapter"], "model": cfg.to_dict()["model"]}
+
+
 def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
               verbose: int = 2) -> StageResult:
     """Train one stage end to end: data, model, fit with eval each epoch, checkpoints, logs."""
@@ -192,6 +202,9 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
                  VisualDLLogger(str(out / "vdl"), param_count=params), saver]
     net.fit(train_loader, test_loader, epochs=st.epochs, log_freq=st.log_freq,
             verbose=verbose, callbacks=callbacks)
+    if stage == "transfer" and transfer_method(cfg) != "full":
+        save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
+        log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
 
     result = StageResult(out, params, saver.history, saver.best or {}, saver.final or {},
                          time.time() - start)

@@ -220,3 +220,17 @@ def test_methods_transfer_from_the_pretrained_checkpoint(pipeline, archives, met
     assert all(np.array_equal(pre[k].numpy(), tuned[k].numpy()) for k in frozen)
     if method != "bitfit":  # the method's own tensors are saved with the checkpoint
         assert set(tuned) - set(pre)
+
+
+def test_adapter_file_written_and_resumed(pipeline, archives):
+    out = pipeline[0]
+    run_dir = out / "tutorial_transfer_cifar10_frozen"
+    adapter, full = run_dir / "adapter.pdparams", run_dir / "final.pdparams"
+    assert adapter.is_file() and adapter.stat().st_size < full.stat().st_size / 3
+    proc = run("transfer", "--freeze", "--data-file", archives[1], "--epochs", 1, "--output", out / "again",
+               "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", adapter, *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"loaded adapter {adapter}" in proc.stdout
+    wrong = run("transfer", "--method", "lora", "--data-file", archives[1], "--output", out / "again",
+                "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", adapter, *TINY)
+    assert_user_error(wrong, "holds a 'adaptformer' adapter", "--method adaptformer")
