@@ -108,12 +108,13 @@ def load_pretrained(model: paddle.nn.Layer, path: str | Path) -> list[str]:
                         allow_missing=is_adapter_parameter)
 
 
-def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], None] = print
-                  ) -> tuple[VisionTransformer, ParamCount]:
-    """Build the model of a stage, load its pretrained weights, freeze, and report the count."""
+def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], None] = print,
+                  pretrained: Path | None = None) -> tuple[VisionTransformer, ParamCount]:
+    """Build the model of a stage, load its pretrained weights (transfer: ``pretrained``,
+    from :func:`resolve_pretrained`), freeze, and report the count."""
     model = build_model(cfg, class_num)
     if stage == "transfer":
-        path = resolve_pretrained(cfg)
+        path = pretrained
         if path is not None:
             kept = load_pretrained(model, path)
             log(f"loaded pretrained weights from {path}"
@@ -170,8 +171,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
               verbose: int = 2) -> StageResult:
     """Train one stage end to end: data, model, fit with eval each epoch, checkpoints, logs."""
     st = cfg.stage(stage)
-    if stage == "transfer":
-        resolve_pretrained(cfg)  # fail on a missing checkpoint before spending time on the data
+    # Resolved first: a missing checkpoint fails before any time is spent on the data.
+    pretrained = resolve_pretrained(cfg) if stage == "transfer" else None
     seed_everything(cfg.seed)
     start = time.time()
     data = build_datasets(st.dataset, role=stage, img_size=cfg.model.img_size,
@@ -179,7 +180,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
                           augment=st.augment)
     log(f"{stage}: {st.dataset}, {len(data.train)} train / {len(data.test)} test images, "
         f"{data.num_classes} classes")
-    model, params = prepare_model(cfg, stage, data.num_classes, log)
+    model, params = prepare_model(cfg, stage, data.num_classes, log, pretrained)
 
     out = run_dir(cfg, stage)
     out.mkdir(parents=True, exist_ok=True)
