@@ -197,7 +197,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
     meta = {"stage": stage, "dataset": st.dataset,
             "method": transfer_method(cfg) if stage == "transfer" else "full", "class_names": data.class_names,
             "mean": list(data.mean), "std": list(data.std), "config": cfg.to_dict(),
-            "params": {"trainable": params.trainable, "total": params.total}}
+            "params": {"trainable": params.trainable, "total": params.total,
+                       "head": params.head, "without_head": params.without_head}}
     saver = BestAndFinalCheckpoint(str(out), meta=meta)
     callbacks = [lr_callback(cfg, stage, len(train_loader)),
                  VisualDLLogger(str(out / "vdl"), param_count=params), saver]

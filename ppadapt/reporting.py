@@ -1,0 +1,357 @@
+"""Compare finished runs: a V-PETL Bench-style table, and their curves in one PNG.
+
+``python ppadapt/report.py`` is a thin command line over :func:`report_main`. A
+run is a folder holding the ``run.json`` that
+:class:`ppadapt.callbacks.BestAndFinalCheckpoint` writes; everything in the table
+comes from that record and the files beside it, so a report never loads Paddle
+weights or reruns anything.
+
+The table follows V-PETL Bench (Xin et al., 2024): trainable parameters *without
+the classifier head* (its "Params" column: the head is the same for every method)
+and PPT, the Performance-Parameter Trade-off,
+``PPT = top1/100 * exp(-log10(P / 1e7 + 1))``. Here PPT uses the *best* eval top-1
+of the run (the number its ``best.pdparams`` holds).
+
+Older ``run.json`` files (before the method name and the head count were recorded)
+still report: the method is read from the config (``transfer.freeze`` means
+AdaptFormer) and the head is counted from the model width and the class names.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import ConfigError, DataError, PPAdaptError
+
+RUN_RECORD = "run.json"
+PPT_SCALE = 1e7  # V-PETL Bench's normalising constant C
+SORT_KEYS = ("ppt", "top1", "name")
+STAGES = ("pretrain", "transfer")
+PPT_NOTE = ("PPT = best top-1/100 * exp(-log10(P/1e7 + 1)), P = trainable parameters "
+            "without the head (V-PETL Bench); sizes in decimal units (1 MB = 10^6 bytes).")
+
+
+def ppt(top1_percent: float, params: int) -> float:
+    """V-PETL Bench's Performance-Parameter Trade-off of a run.
+
+    One number that rewards accuracy and penalises trainable parameters
+    logarithmically, so methods of very different sizes can be ranked together:
+    ``top1_percent / 100 * exp(-log10(params / 1e7 + 1))``. ``params`` excludes
+    the classifier head, as in the benchmark. 88.02% with 0.10 M parameters gives
+    0.876 (published: 0.88); a linear probe (0 parameters) keeps its accuracy.
+    """
+    if params < 0:
+        raise ValueError(f"parameter count must be >= 0, got {params}")
+    return top1_percent / 100.0 * math.exp(-math.log10(params / PPT_SCALE + 1.0))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the report shows of one run, read from its ``run.json`` and files.
+
+    Accuracies are percentages; ``None`` where the run has no such value (no
+    evaluation yet, or not finished).
+    """
+
+    run_dir: Path
+    stage: str
+    method: str
+    dataset: str
+    trainable: int
+    total: int
+    head: int | None
+    top1_best: float | None
+    best_epoch: int | None
+    top1_final: float | None
+    finished: bool
+    epochs_done: int
+    epochs: int | None
+    seconds_per_epoch: float | None
+    checkpoint: Path | None
+    checkpoint_bytes: int | None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def without_head(self) -> int | None:
+        """Trainable parameters excluding the head: V-PETL Bench's "Params"."""
+        return None if self.head is None else self.trainable - self.head
+
+    @property
+    def ppt(self) -> float | None:
+        """PPT of the best top-1 (``None`` without an evaluation or a head count)."""
+        if self.top1_best is None or self.without_head is None:
+            return None
+        return ppt(self.top1_best, self.without_head)
+
+
+# --- finding and reading runs ------------------------------------------------
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders named by ``paths``, each one a run (holds ``run.json``), a
+    ``run.json`` itself, or a parent folder whose subfolders are runs (one level).
+
+    A path that does not exist, or holds no run, is a user error (DataError), so a
+    typo is reported rather than giving an empty table. Order is kept, duplicates
+    dropped.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(f"no such run or folder: {path} (train a stage first; runs go to "
+                            "output/<run>, or pass the folder they are in)")
+        if path.is_file():
+            if path.name != RUN_RECORD:
+                raise DataError(f"{path} is not a run: pass a run folder (with {RUN_RECORD}) or its parent")
+            runs = [path.parent]
+        elif (path / RUN_RECORD).is_file():
+            runs = [path]
+        else:
+            runs = sorted(p for p in path.iterdir() if (p / RUN_RECORD).is_file())
+            if not runs:
+                raise DataError(f"no runs in {path}: neither it nor its subfolders hold a {RUN_RECORD}")
+        for run in runs:
+            if run.resolve() not in {r.resolve() for r in found}:
+                found.append(run)
+    return found
+
+
+def _read_record(run_dir: Path) -> dict:
+    path = run_dir / RUN_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read run record {path}: {exc}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise DataError(f"{path} is not a ppadapt run record (no 'params' entry)")
+    return record
+
+
+def _legacy_method(record: dict, stage: str) -> str:
+    """The method of a record written before ``method`` was: pretraining trains
+    everything; ``transfer.freeze`` meant AdaptFormer."""
+    if stage != "transfer":
+        return "full"
+    config = record.get("config") or {}
+    if (config.get("transfer") or {}).get("freeze"):
+        return "adaptformer"
+    return (config.get("method") or {}).get("name") or "full"
+
+
+def _legacy_head(record: dict) -> int | None:
+    """Head size of a record written before ``params.head`` was: a Linear from the
+    model width to the classes (weight + bias); ``None`` if the record lacks them."""
+    width = ((record.get("config") or {}).get("model") or {}).get("embed_dim")
+    classes = record.get("class_names")
+    if not isinstance(width, int) or not isinstance(classes, list):
+        return None
+    return width * len(classes) + len(classes)
+
+
+def _percent(entry: dict | None) -> float | None:
+    value = (entry or {}).get("acc_top1")
+    return None if value is None else 100.0 * float(value)
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    """Summarise one run folder (DataError if its ``run.json`` is unreadable)."""
+    run_dir = Path(run_dir)
+    record = _read_record(run_dir)
+    stage = record.get("stage") or "?"
+    params = record["params"]
+    head = params.get("head")
+    if head is None:
+        head = _legacy_head(record)
+    history = [h for h in record.get("history") or [] if isinstance(h, dict)]
+    seconds = [float(h["train_seconds"]) for h in history if h.get("train_seconds") is not None]
+    best, final = record.get("best"), record.get("final")
+    epochs = ((record.get("config") or {}).get(stage) or {}).get("epochs")
+    checkpoint = next((p for p in (run_dir / "adapter.pdparams", run_dir / "final.pdparams") if p.is_file()),
+                      None)
+    return RunSummary(
+        run_dir=run_dir, stage=stage, method=record.get("method") or _legacy_method(record, stage),
+        dataset=record.get("dataset") or "?", trainable=int(params.get("trainable", 0)),
+        total=int(params.get("total", 0)), head=None if head is None else int(head),
+        top1_best=_percent(best), best_epoch=(best or {}).get("epoch"), top1_final=_percent(final),
+        finished=final is not None, epochs_done=len(history),
+        epochs=epochs if isinstance(epochs, int) else None,
+        seconds_per_epoch=sum(seconds) / len(seconds) if seconds else None,
+        checkpoint=checkpoint, checkpoint_bytes=checkpoint.stat().st_size if checkpoint else None)
+
+
+def select_runs(runs: Sequence[RunSummary], stage: str | None = None, sort: str = "ppt") -> list[RunSummary]:
+    """Keep the runs of ``stage`` (all if ``None``) and order them for the table:
+    ``ppt`` and ``top1`` (best top-1) from best to worst, ``name`` alphabetically;
+    runs lacking the sort value come last, ties go by name."""
+    if sort not in SORT_KEYS:
+        raise ConfigError(f"unknown sort key {sort!r} (one of: {', '.join(SORT_KEYS)})")
+    chosen = [r for r in runs if stage is None or r.stage == stage]
+    if sort == "name":
+        return sorted(chosen, key=lambda r: r.name)
+
+    def key(run: RunSummary):
+        value = run.ppt if sort == "ppt" else run.top1_best
+        return (value is None, -(value or 0.0), run.name)
+    return sorted(chosen, key=key)
+
+
+# --- rendering ---------------------------------------------------------------
+
+def human_size(nbytes: int | None) -> str:
+    """File size for people: kB below 1 MB, then MB, GB (decimal units)."""
+    if nbytes is None:
+        return "-"
+    if nbytes < 1e6:
+        return f"{nbytes / 1e3:.1f} kB"
+    if nbytes < 1e9:
+        return f"{nbytes / 1e6:.2f} MB"
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _final_cell(run: RunSummary) -> str:
+    if run.finished:
+        return _fmt(run.top1_final, ".2f")
+    of = f"/{run.epochs}" if run.epochs else ""
+    return f"unfinished ({run.epochs_done}{of} epochs)"
+
+
+def markdown_table(runs: Sequence[RunSummary]) -> str:
+    """The runs as a Markdown table (accuracies in percent, 2 decimals), with a
+    note below it saying how PPT is computed."""
+    header = ["run", "method", "dataset", "params (w/o head)", "top-1 best", "top-1 final",
+              "PPT (best)", "s/epoch", "checkpoint"]
+    rows = []
+    for r in runs:
+        ckpt = "-" if r.checkpoint is None else f"{human_size(r.checkpoint_bytes)} ({r.checkpoint.stem})"
+        rows.append([r.name.replace("|", "\\|"), r.method, r.dataset,
+                     "-" if r.without_head is None else f"{r.without_head:,}",
+                     _fmt(r.top1_best, ".2f"), _final_cell(r), _fmt(r.ppt, ".2f"),
+                     _fmt(r.seconds_per_epoch, ".2f"), ckpt])
+    align = ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, align, *rows]]
+    return "\n".join(lines + ["", PPT_NOTE])
+
+
+CSV_FIELDS = ("run", "stage", "method", "dataset", "params_trainable", "params_head", "params_without_head",
+              "params_total", "top1_best", "best_epoch", "top1_final", "ppt", "seconds_per_epoch",
+              "checkpoint", "checkpoint_bytes", "finished", "epochs_done", "epochs", "run_dir")
+
+
+def csv_table(runs: Sequence[RunSummary]) -> str:
+    """The runs as CSV with raw numbers (full precision, percent for top-1, bytes,
+    0-based epochs); an unknown value is an empty field."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for r in runs:
+        row = [r.name, r.stage, r.method, r.dataset, r.trainable, r.head, r.without_head, r.total,
+               r.top1_best, r.best_epoch, r.top1_final, r.ppt, r.seconds_per_epoch,
+               r.checkpoint.name if r.checkpoint else None, r.checkpoint_bytes, r.finished,
+               r.epochs_done, r.epochs, str(r.run_dir)]
+        writer.writerow(["" if v is None else v for v in row])
+    return out.getvalue()
+
+
+def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) -> list[Path]:
+    """Train loss, eval top-1 and learning rate of the runs, one line each, into
+    ``out_png`` (via :func:`ppadapt.vdl.plot_runs`). Runs without a VisualDL log are
+    left out; returns the ones plotted. DataError if none has a log."""
+    from .vdl import log_files, plot_runs
+
+    out_png = Path(out_png)
+    _check_image_type(out_png)
+    dirs = [r.run_dir if isinstance(r, RunSummary) else Path(r) for r in runs]
+    plotted = [d for d in dirs if (d / "vdl").is_dir() and log_files(d / "vdl")]
+    if not plotted:
+        raise DataError("no VisualDL logs to plot: none of the selected runs has <run>/vdl/vdlrecords.*.log")
+    try:
+        fig = plot_runs(plotted, out_png)
+    except OSError as exc:
+        raise PPAdaptError(f"cannot write {out_png}: {exc.strerror or exc}") from None
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return plotted
+
+
+def _check_image_type(path: Path) -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in kinds:
+        raise ConfigError(f"--plot {path}: the file name must end in an image type matplotlib writes "
+                          "(.png, .svg, .pdf, ...)")
+
+
+# --- command line ------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="report.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare finished runs: a V-PETL Bench-style Markdown table (or CSV) and their curves.\n\n"
+                    "  python ppadapt/report.py                          # every run under output/\n"
+                    "  python ppadapt/report.py --stage transfer --plot curves.png\n"
+                    "  python ppadapt/report.py output/a output/b --csv  # chosen runs, raw numbers\n\n"
+                    + PPT_NOTE)
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="run folders (with run.json) or folders of runs, one level deep (default: output)")
+    p.add_argument("--stage", choices=STAGES, help="only the runs of this stage")
+    p.add_argument("--sort", choices=SORT_KEYS, default="ppt",
+                   help="row order: ppt or best top-1 (best first), or run name (default: ppt)")
+    p.add_argument("--csv", action="store_true", help="print CSV with raw numbers instead of Markdown")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw train loss, eval top-1 and learning rate of the runs from their VisualDL logs")
+    return p
+
+
+def collect_runs(paths: Sequence[str | Path], stage: str | None = None, sort: str = "ppt") -> list[RunSummary]:
+    """The runs named by ``paths`` (see :func:`find_runs`), filtered and ordered
+    (see :func:`select_runs`); DataError when the filter leaves none, so an empty
+    table never passes for a result."""
+    dirs = find_runs(paths)
+    runs = select_runs([load_run(d) for d in dirs], stage, sort)
+    if not runs:
+        where = ", ".join(str(p) for p in paths)
+        raise DataError(f"no {stage} runs among the {len(dirs)} run(s) in {where}")
+    return runs
+
+
+def report(paths: Sequence[str | Path], stage: str | None = None, sort: str = "ppt",
+           as_csv: bool = False) -> str:
+    """What ``report.py`` prints for ``paths``: the Markdown table, or CSV."""
+    runs = collect_runs(paths, stage, sort)
+    return csv_table(runs) if as_csv else markdown_table(runs)
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``report.py``: user errors end as one ``error:`` line, exit 2."""
+    from .cli import _run
+
+    args = build_parser().parse_args(argv)
+
+    def main() -> int:
+        runs = collect_runs(args.paths or ["output"], args.stage, args.sort)
+        if args.plot is not None:  # notes on stderr: stdout stays a clean table or CSV
+            plotted = plot_curves(runs, args.plot)
+            missing = [r.name for r in runs if r.run_dir not in plotted]
+            if missing:
+                print(f"note: no VisualDL log, not plotted: {', '.join(missing)}", file=sys.stderr)
+            print(f"curves of {len(plotted)} run(s): {args.plot}", file=sys.stderr)
+        text = csv_table(runs) if args.csv else markdown_table(runs)
+        print(text, end="" if text.endswith("\n") else "\n")
+        return 0
+    return _run(main)
