@@ -1,12 +1,14 @@
 """ppadapt: parameter-efficient transfer learning of Vision Transformers in PaddlePaddle.
 
-Importing ppadapt before Paddle applies the fast CPU thread settings (see
-:mod:`ppadapt.runtime`) unless the user has set them already.
+Importing ppadapt applies the fast CPU settings (threads, MKL, stride kernels,
+malloc; see :mod:`ppadapt.runtime`) unless the user has set them already. The
+thread settings only take effect when ppadapt is imported before Paddle.
 """
-from .runtime import apply_cpu_defaults, import_paddle_quietly
+from .runtime import apply_cpu_defaults, import_paddle_quietly, tune_cpu_runtime
 
 apply_cpu_defaults()
 import_paddle_quietly()
+tune_cpu_runtime()
 
 from .freeze import count_parameters, set_trainable, trainable_parameters  # noqa: E402
 from .methods import AdaptFormerConfig, apply_adaptformer  # noqa: E402

@@ -1,11 +1,25 @@
-"""CPU speed settings that must be in place before Paddle is imported.
+"""CPU speed settings for Paddle, applied when ppadapt is imported.
 
-Paddle pins itself to one OpenMP thread unless ``OMP_NUM_THREADS`` says
-otherwise, and MKL takes a slow generic path on AMD processors unless
-``MKL_DEBUG_CPU_TYPE=5``. Measured on a 2-core AMD EPYC with the CPU preset's
-ViT (width 192, depth 6, batch 64, one full training step): 3.79 s with Paddle's
-defaults, 2.45 s with two threads, 2.19 s with the MKL setting, 1.78 s with both.
-Values the user has set are never overridden.
+Before Paddle is imported (:func:`apply_cpu_defaults`): Paddle pins itself to one
+OpenMP thread unless ``OMP_NUM_THREADS`` says otherwise, and MKL takes a slow
+generic path on AMD processors unless ``MKL_DEBUG_CPU_TYPE=5``. Measured on a
+2-core AMD EPYC with the CPU preset's ViT (width 192, depth 6, batch 64, one full
+training step): 3.79 s with Paddle's defaults, 2.45 s with two threads, 2.19 s
+with the MKL setting, 1.78 s with both.
+
+After Paddle is imported, on a CPU-only device (:func:`tune_cpu_runtime`):
+
+* Stride kernels off. Paddle 3 makes ``transpose``/``unbind`` return strided
+  views and copies them later with a slow generic strided-copy kernel (in
+  ``matmul`` and in the gradient of ``reshape``); Paddle's dense transpose kernel
+  is several times faster. Values are identical either way.
+* glibc's malloc keeps freed blocks up to 32 MiB instead of returning them to the
+  OS. By default every activation above 128 KiB is a fresh ``mmap`` whose pages
+  the kernel faults in and zeroes again on every step, which made element-wise
+  kernels ~10x slower than the arithmetic (an add of 3.2M floats: ~10 ms -> ~1 ms).
+  The cost is that the process keeps its peak heap instead of shrinking.
+
+Values the user has set (the environment variables named here) are never overridden.
 """
 from __future__ import annotations
 
@@ -37,6 +51,47 @@ def apply_cpu_defaults() -> dict[str, str]:
             os.environ[key] = value
             applied[key] = value
     return applied
+
+
+# glibc mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit
+_TRIM_THRESHOLD = 1 << 30
+_TOP_PAD = 64 << 20
+
+
+def tune_cpu_runtime() -> dict[str, str]:
+    """Apply the post-import CPU settings (see the module docstring); returns what was set.
+
+    Does nothing when Paddle runs on an accelerator, or for a setting whose
+    environment variable the user has set.
+    """
+    import paddle
+
+    if not paddle.device.get_device().startswith("cpu"):
+        return {}
+    applied = {}
+    if "FLAGS_use_stride_kernel" not in os.environ:
+        paddle.set_flags({"FLAGS_use_stride_kernel": False})
+        applied["FLAGS_use_stride_kernel"] = "0"
+    if not any(k.startswith("MALLOC_") for k in os.environ) and _keep_freed_memory():
+        applied["malloc"] = f"mmap threshold {_MMAP_THRESHOLD >> 20} MiB"
+    return applied
+
+
+def _keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds; False where there is no glibc."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+        (_M_TOP_PAD, _TOP_PAD)))
 
 
 def import_paddle_quietly() -> None:

@@ -17,6 +17,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
+from .fast_layers import LayerNorm, Linear
+
 _trunc_normal = TruncatedNormal(std=0.02)
 _zeros = Constant(0.0)
 _ones = Constant(1.0)
@@ -59,9 +61,9 @@ class DropPath(nn.Layer):
 class Mlp(nn.Layer):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -78,9 +80,9 @@ class Attention(nn.Layer):
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias_attr=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias_attr=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x):
@@ -100,10 +102,10 @@ class Block(nn.Layer):
                  qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, epsilon: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.norm1 = LayerNorm(dim, epsilon=epsilon)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.norm2 = LayerNorm(dim, epsilon=epsilon)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x):
@@ -150,8 +152,8 @@ class VisionTransformer(nn.Layer):
                   cfg.attn_drop_rate, float(rates[i]), cfg.epsilon)
             for i in range(cfg.depth)
         ])
-        self.norm = nn.LayerNorm(cfg.embed_dim, epsilon=cfg.epsilon)
-        self.head = nn.Linear(cfg.embed_dim, class_num) if class_num > 0 else nn.Identity()
+        self.norm = LayerNorm(cfg.embed_dim, epsilon=cfg.epsilon)
+        self.head = Linear(cfg.embed_dim, class_num) if class_num > 0 else nn.Identity()
 
         _trunc_normal(self.pos_embed)
         _trunc_normal(self.cls_token)
@@ -171,7 +173,7 @@ class VisionTransformer(nn.Layer):
     def reset_head(self, class_num: int) -> None:
         """Replace the classifier by a freshly initialised one for ``class_num`` classes."""
         self.class_num = class_num
-        self.head = nn.Linear(self.embed_dim, class_num) if class_num > 0 else nn.Identity()
+        self.head = Linear(self.embed_dim, class_num) if class_num > 0 else nn.Identity()
         if class_num > 0:
             _init_weights(self.head)
 
