@@ -165,7 +165,7 @@ class VisionTransformer(nn.Layer):
         x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 0]
+        return self.norm(x[:, 0])  # = norm(x)[:, 0]: LayerNorm is per token
 
     def forward(self, x):
         return self.head(self.forward_features(x))
