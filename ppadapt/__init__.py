@@ -13,7 +13,8 @@ tune_cpu_runtime()
 from .freeze import count_parameters, set_trainable, trainable_parameters  # noqa: E402
 from .methods import AdaptFormerConfig, apply_adaptformer  # noqa: E402
 from .models import VisionTransformer, ViTConfig  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["AdaptFormerConfig", "VisionTransformer", "ViTConfig", "apply_adaptformer",
+__all__ = ["AdaptFormerConfig", "Predictor", "VisionTransformer", "ViTConfig", "apply_adaptformer",
            "count_parameters", "set_trainable", "trainable_parameters", "__version__"]

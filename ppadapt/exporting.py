@@ -1,0 +1,312 @@
+"""Export a trained run as a Paddle inference model: the logic behind ``export.py``.
+
+The model is rebuilt from the run (:mod:`ppadapt.run_loading`), mergeable
+methods (LoRA, SSF) are folded into the backbone weights so the exported graph
+is a plain ViT, and ``paddle.jit.save`` writes the program and weights with a
+dynamic batch: input ``image`` of shape ``[N, 3, H, W]`` float32, output the
+logits ``[N, classes]``. AdaptFormer, VPT and Houlsby adapters stay in the graph
+(they are part of the forward). The model is in eval mode: dropout is off.
+
+Paddle 3 writes a PIR program (``inference.json``) and ``inference.pdiparams``;
+older Paddle wrote ``inference.pdmodel``. Whatever this Paddle produced is
+reported. Next to them, ``inference.yml`` tells a deployer how to preprocess
+(RGB, resize, mean/std) and the class names. After saving, the files are
+loaded with ``paddle.inference`` and checked against the dygraph model (before
+merging) on batches of 1 and 2.
+
+ONNX (``onnx=True``) needs ``paddle2onnx`` installed; it is run with
+``--optimize_tool None`` so that it installs nothing at run time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, PPAdaptError
+
+PREFIX = "inference"
+META_FILE = f"{PREFIX}.yml"
+# Files an export writes (and removes first, so no stale one from an older Paddle is left).
+OWN_FILES = tuple(f"{PREFIX}{ext}" for ext in (".json", ".pdmodel", ".pdiparams", ".pdiparams.info", ".yml",
+                                                 ".onnx"))
+DEFAULT_OPSET = 17
+
+
+class ExportError(PPAdaptError):
+    """The export could not be written or does not reproduce the model."""
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    model_file: Path
+    params_file: Path
+    meta_file: Path
+    files: list[Path]
+    method: str
+    img_size: int
+    merged: list[str] = field(default_factory=list)
+    input_name: str = "image"
+    output_name: str = ""
+    max_abs_diff: float | None = None
+    onnx_file: Path | None = None
+
+
+def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | None = None,
+                 onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Export the run at ``checkpoint`` (run dir or ``.pdparams``) to ``output``; see the module docstring."""
+    import paddle
+    from paddle.static import InputSpec
+
+    from .methods import get_method
+    from .run_loading import describe, load_run
+
+    if onnx and importlib.util.find_spec("paddle2onnx") is None:
+        raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
+                          "(pip install paddle2onnx, or export without --onnx)")
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} exists and is not a folder")
+
+    run = load_run(checkpoint, weights)
+    log(describe(run))
+    model, size = run.model, run.img_size
+    probe = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype("float32")
+    with paddle.no_grad():
+        reference = model(paddle.to_tensor(probe)).numpy()  # the model as trained, before merging
+
+    merged = []
+    method = get_method(run.method)
+    if method.merge is not None:
+        method.merge(model)
+        merged.append(run.method)
+        log(f"merged {run.method} into the backbone weights (none of its layers is left in the graph)")
+    _vpt_dynamic_batch(model)
+    model.eval()
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+    # A failure to convert or load is a bug (not a user error): it keeps its traceback.
+    with _without_known_noise():
+        paddle.jit.save(model, str(out / PREFIX), input_spec=[InputSpec([None, 3, size, size], "float32", "image")])
+    model_file = next((out / f"{PREFIX}{ext}" for ext in (".json", ".pdmodel") if (out / f"{PREFIX}{ext}").is_file()),
+                      None)
+    params_file = out / f"{PREFIX}.pdiparams"
+    if model_file is None or not params_file.is_file():
+        written = ", ".join(sorted(p.name for p in out.iterdir())) or "nothing"
+        raise ExportError(f"paddle.jit.save wrote {written} in {out}, not {PREFIX}.json/.pdmodel + .pdiparams")
+
+    result = ExportResult(output=out, model_file=model_file, params_file=params_file, meta_file=out / META_FILE,
+                          files=[], method=run.method, img_size=size, merged=merged)
+    predictor = _inference_predictor(model_file, params_file)
+    result.input_name = predictor.get_input_names()[0]
+    result.output_name = predictor.get_output_names()[0]
+    if verify:
+        result.max_abs_diff = _check(predictor, probe, reference)
+        log(f"checked with paddle.inference: batches of 1 and 2 give the dygraph model's logits "
+            f"(max abs diff {result.max_abs_diff:.1e})")
+    _write_meta(result, run)
+    if onnx:
+        result.onnx_file = _to_onnx(result, opset)
+    result.files = sorted(p for p in out.iterdir() if p.name in OWN_FILES)
+    return result
+
+
+# Printed by Paddle 3.3's C++ logging on every jit.save of a ViT; it concerns nothing we do.
+_NOISE = ("not support input out tensor",)
+
+
+@contextlib.contextmanager
+def _without_known_noise():
+    """Hide :data:`_NOISE` lines that Paddle's C++ code writes straight to file descriptor 2;
+    every other line is written back to stderr afterwards."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (e.g. some notebook kernels): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            rest = [line for line in text.splitlines() if not any(n in line for n in _NOISE)]
+            if rest:
+                print("\n".join(rest), file=sys.stderr)
+
+
+def _vpt_dynamic_batch(model) -> None:
+    """Let VPT's prompts follow a dynamic batch in the exported graph.
+
+    VPT's hooks expand the prompts to ``x.shape[0]`` images, which is -1 while
+    ``paddle.jit`` traces a dynamic batch (hooks are not converted the way
+    ``forward`` is), so the saved graph would only run with batch 1. Here the
+    batch is taken from the input as a tensor (``paddle.shape``) by a pre-hook on
+    the patch embedding and used whenever the hooks pass -1; in dygraph they
+    pass a real size and nothing changes. (The lasting fix belongs in
+    ``ppadapt/methods/vpt.py``: expand to ``paddle.shape(x)[0]``.)
+    """
+    import paddle
+
+    from .methods.vpt import VPTPrompts
+
+    for prompts in [layer for layer in model.sublayers() if isinstance(layer, VPTPrompts)
+                    and callable(getattr(layer, "prompts", None))]:
+        state: dict = {}  # not a Layer attribute: jit would capture a tensor stored there as a constant
+
+        def remember_batch(layer, inputs, state=state):
+            state["batch"] = paddle.shape(inputs[0])[0]
+
+        def prompts_for_batch(self, index, batch, dtype, original=prompts.prompts, state=state):
+            if isinstance(batch, int) and batch < 0 and "batch" in state:
+                batch = state["batch"]
+            return original(index, batch, dtype)
+
+        prompts.prompts = types.MethodType(prompts_for_batch, prompts)
+        model.patch_embed.register_forward_pre_hook(remember_batch)
+
+
+def _inference_predictor(model_file: Path, params_file: Path):
+    import paddle.inference as paddle_infer
+
+    config = paddle_infer.Config(str(model_file), str(params_file))
+    config.disable_glog_info()
+    return paddle_infer.create_predictor(config)
+
+
+def run_inference(predictor, batch: np.ndarray) -> np.ndarray:
+    """One forward pass of a ``paddle.inference`` predictor on an N x 3 x H x W float32 batch."""
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(batch.shape))
+    handle.copy_from_cpu(np.ascontiguousarray(batch, dtype="float32"))
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def _check(predictor, probe: np.ndarray, reference: np.ndarray) -> float:
+    diffs = []
+    for n in (1, len(probe)):
+        got = run_inference(predictor, probe[:n])
+        if got.shape != reference[:n].shape:
+            raise ExportError(f"the exported model gives shape {list(got.shape)} for a batch of {n}, "
+                              f"expected {list(reference[:n].shape)}")
+        diffs.append(float(np.abs(got - reference[:n]).max()))
+    worst = max(diffs)
+    tolerance = 1e-4 * max(1.0, float(np.abs(reference).max()))
+    if not worst <= tolerance:
+        raise ExportError(f"the exported model's logits differ from the dygraph model's by {worst:.2e} "
+                          f"(tolerance {tolerance:.1e}): please report this with the run's config")
+    return worst
+
+
+def _write_meta(result: ExportResult, run) -> None:
+    import paddle
+    import yaml
+
+    from . import __version__
+
+    size = run.img_size
+    meta = {
+        "model": {
+            "model_file": result.model_file.name,
+            "params_file": result.params_file.name,
+            "input": {"name": result.input_name, "shape": [-1, 3, size, size], "dtype": "float32",
+                      "layout": "NCHW"},
+            "output": {"name": result.output_name, "shape": [-1, len(run.class_names)],
+                       "meaning": "logits: softmax gives the class probabilities"},
+        },
+        "preprocess": {
+            "color": "RGB",
+            "resize": [size, size],
+            "interpolation": "area to shrink, bilinear to enlarge (OpenCV)",
+            "normalize": "(pixel / 255 - mean) / std per channel, then HWC to CHW",
+            "mean": [float(v) for v in run.mean],
+            "std": [float(v) for v in run.std],
+        },
+        "class_names": list(run.class_names),
+        "source": {
+            "run_dir": str(run.run_dir), "weights": str(run.weights), "stage": run.stage,
+            "method": run.method, "merged": list(result.merged),
+            "ppadapt": __version__, "paddle": paddle.__version__,
+        },
+    }
+    header = ("# How to feed the exported model (ppadapt export.py). Load it with\n"
+              f"# paddle.inference.Config('{result.model_file.name}', '{result.params_file.name}').\n")
+    result.meta_file.write_text(header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100),
+                                encoding="utf-8")
+
+
+def _to_onnx(result: ExportResult, opset: int) -> Path:
+    target = result.output / f"{PREFIX}.onnx"
+    command = [sys.executable, "-m", "paddle2onnx.command", "--model_dir", str(result.output),
+               "--model_filename", result.model_file.name, "--params_filename", result.params_file.name,
+               "--save_file", str(target), "--opset_version", str(opset), "--enable_onnx_checker", "True",
+               "--optimize_tool", "None"]  # its default optimiser installs packages at run time
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0 or not target.is_file():
+        last = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
+        raise ExportError(f"paddle2onnx failed (exit {proc.returncode}): {last[0][:200]}; the Paddle inference "
+                          f"files in {result.output} are complete")
+    return target
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+ROLES = {".json": "program (PIR)", ".pdmodel": "program", ".pdiparams": "weights",
+         ".info": "weights info", ".yml": "class names and preprocessing", ".onnx": "ONNX model"}
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    from .cli import _run
+
+    p = argparse.ArgumentParser(
+        prog="export.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged.\n\n"
+                    "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora")
+    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+                   help="run directory (output/<run>/) or a .pdparams next to its run.json")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help=f"folder for {PREFIX}.json/.pdiparams and {META_FILE} (created; earlier export files "
+                        "there are replaced)")
+    p.add_argument("--weights", choices=("best", "final"),
+                   help="with a run directory: best.pdparams (default; final if the run has no best) "
+                        "or final.pdparams")
+    p.add_argument("--onnx", action="store_true",
+                   help=f"also write {PREFIX}.onnx with paddle2onnx (must be installed)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip loading the export with paddle.inference and comparing it with the model")
+    args = p.parse_args(argv)
+
+    def main() -> int:
+        result = export_model(args.checkpoint, args.output, weights=args.weights, onnx=args.onnx,
+                              opset=args.opset, verify=not args.no_check)
+        print(f"exported to {result.output} (input '{result.input_name}' [N, 3, "
+              f"{result.img_size}, {result.img_size}] float32, output '{result.output_name}' logits):")
+        for path in result.files:
+            print(f"  {path}  {_size(path)}, {ROLES.get(path.suffix, '')}")
+        return 0
+    return _run(main)
+

@@ -1,0 +1,278 @@
+"""Classify images with a trained run: the :class:`Predictor` API and ``predict.py``.
+
+The model is rebuilt from the run's ``run.json`` (see :mod:`ppadapt.run_loading`)
+and every image goes through the run's own evaluation preprocessing: converted
+to RGB (grey, alpha and palette images included), resized to the model's input
+size as the data loaders resize (:func:`ppadapt.data.arrays.resize_image`), then
+normalised with the run's mean/std (:class:`ppadapt.data.transforms.EvalTransform`).
+Scores are softmax probabilities, top-k first, with the run's class names::
+
+    {'labels': ['dog', 'horse', ...], 'scores': [0.87, 0.06, ...]}
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+DEFAULT_TOPK = 5
+DEFAULT_BATCH = 32
+
+
+class Predictor:
+    """Top-k classification with the model of a training run.
+
+    ``checkpoint``: a run directory (``output/<run>/``; ``weights`` picks
+    ``"best"`` (default, or final when the run has no best) or ``"final"``) or a
+    ``.pdparams`` file next to its ``run.json``.
+
+    Calling it with one image (a path, a PIL image, or an H x W x C uint8 RGB
+    numpy array; H x W grey and 4-channel arrays are converted) returns one dict
+    ``{"labels": [...], "scores": [...]}``; with a list of them (or an
+    N x H x W x C array), a list of dicts in the same order. An unreadable file
+    raises :class:`ppadapt.errors.DataError`.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, topk: int = DEFAULT_TOPK, *,
+                 weights: str | None = None, batch_size: int = DEFAULT_BATCH) -> None:
+        from .data.transforms import EvalTransform
+        from .run_loading import load_run
+
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ConfigError(f"topk must be a positive integer, got {topk!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+        self.run = load_run(checkpoint, weights)
+        self.model = self.run.model
+        self.class_names = list(self.run.class_names)
+        self.img_size = self.run.img_size
+        self.mean, self.std = self.run.mean, self.run.std
+        self.topk = min(topk, len(self.class_names))
+        self.batch_size = batch_size
+        self._transform = EvalTransform(self.mean, self.std)
+
+    # -- inputs ------------------------------------------------------------------
+    @staticmethod
+    def read_image(path: str | os.PathLike) -> np.ndarray:
+        """The image file at ``path`` as uint8 H x W x 3 RGB; DataError if it cannot be read."""
+        from .data.folder import decode_image
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataError(f"image not found: {path}")
+        image = decode_image(path)
+        if image is None:
+            raise DataError(f"cannot read image {path}: not an image file, or corrupt")
+        return image
+
+    @classmethod
+    def to_rgb(cls, image: Any) -> np.ndarray:
+        """A path, PIL image or numpy array as uint8 H x W x 3 RGB."""
+        if isinstance(image, (str, os.PathLike)):
+            return cls.read_image(image)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - Pillow is a dependency
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        if isinstance(image, np.ndarray):
+            return _array_to_rgb(image)
+        raise TypeError(f"an image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """One image (any accepted form) as the model's float32 3 x H x W input."""
+        from .data.arrays import resize_image
+
+        return self._transform(resize_image(self.to_rgb(image), self.img_size))
+
+    # -- outputs -----------------------------------------------------------------
+    def probabilities(self, images: Sequence[Any]) -> np.ndarray:
+        """Softmax probabilities, N x classes (float32), of a list of images, in batches."""
+        import paddle
+        import paddle.nn.functional as F
+
+        out = np.empty((len(images), len(self.class_names)), dtype=np.float32)
+        with paddle.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start:start + self.batch_size]
+                batch = np.stack([self.preprocess(im) for im in chunk])
+                logits = self.model(paddle.to_tensor(batch))
+                out[start:start + len(chunk)] = F.softmax(logits, axis=-1).numpy()
+        return out
+
+    def top(self, probabilities: np.ndarray) -> list[dict]:
+        """``{"labels", "scores"}`` of each row: the ``topk`` classes, most probable first."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.topk]
+        return [{"labels": [self.class_names[i] for i in row], "scores": [float(p[i]) for i in row]}
+                for p, row in zip(probabilities, order)]
+
+    def predict(self, images: Sequence[Any]) -> list[dict]:
+        """Top-k of each image of a list (paths, PIL images, arrays), in order."""
+        images = list(images)
+        return self.top(self.probabilities(images)) if images else []
+
+    def __call__(self, images: Any) -> dict | list[dict]:
+        if isinstance(images, (list, tuple)):
+            return self.predict(images)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return self.predict(list(images))
+        return self.predict([images])[0]
+
+    def __repr__(self) -> str:
+        return (f"Predictor({str(self.run.weights)!r}, topk={self.topk}, method={self.run.method!r}, "
+                f"classes={len(self.class_names)}, img_size={self.img_size})")
+
+
+def _array_to_rgb(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        raise DataError(f"an image array must be uint8 (0..255), got {image.dtype}; convert it, e.g. "
+                        "(x * 255).round().astype('uint8') for values in 0..1")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        if image.shape[2] == 1:
+            return np.repeat(image, 3, axis=2)
+        return np.ascontiguousarray(image[:, :, :3])
+    raise DataError(f"an image array must be H x W x 3 RGB (or H x W grey, H x W x 4 RGBA), "
+                    f"got shape {tuple(image.shape)}")
+
+
+# --- command line ------------------------------------------------------------------------
+
+def expand_images(specs: Iterable[str]) -> list[Path]:
+    """Files, folders (searched recursively) and glob patterns (``**`` recursive), as files.
+
+    A file named explicitly is taken whatever its name; folders and patterns give
+    only files with an image suffix (:data:`IMAGE_SUFFIXES`), hidden ones left out.
+    Order: as given; a folder's images and a pattern's matches sorted by path.
+    Duplicates are kept once. A path that does not exist, a pattern that matches
+    nothing and a folder without images are DataErrors.
+    """
+    out: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = _folder_images(path)
+            if not found:
+                raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        elif any(c in spec for c in "*?["):  # a pattern: expanded here, so quoting it works
+            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+            found = []
+            for match in map(Path, matches):
+                if match.is_dir():
+                    found += _folder_images(match)
+                elif match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(match)
+            if not found:
+                raise DataError(f"no image file matches {spec!r}")
+            out += found
+        else:
+            raise DataError(f"image not found: {path}")
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in sorted(files)
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def format_result(image: str, result: dict) -> str:
+    """Human-readable lines for one image: its path, then ``rank. label  probability``."""
+    width = max(len(label) for label in result["labels"])
+    lines = [image]
+    for rank, (label, score) in enumerate(zip(result["labels"], result["scores"]), start=1):
+        lines.append(f"  {rank}. {label:<{width}}  {score:.4f}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify images with a trained run (top-k labels with softmax probabilities).\n\n"
+                    "  python ppadapt/predict.py --checkpoint output/cpu_transfer_cifar10_frozen cat.png dog.jpg\n"
+                    "  python ppadapt/predict.py --checkpoint output/RUN/final.pdparams 'photos/*.jpg' --json")
+    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+                   help="run directory (output/<run>/) or a .pdparams next to its run.json")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (searched recursively) or glob patterns (quote them)")
+    p.add_argument("--weights", choices=("best", "final"),
+                   help="with a run directory: best.pdparams (default; final if the run has no best) "
+                        "or final.pdparams")
+    p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
+                   help=f"labels per image (default {DEFAULT_TOPK}, at most the class count)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help=f"images per forward pass (default {DEFAULT_BATCH})")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: a list of {image, labels, scores}")
+    return p
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    from .cli import _run
+
+    args = _parser().parse_args(argv)
+
+    def main() -> int:
+        from .data.folder import decode_image
+        from .run_loading import describe
+
+        if args.topk < 1:
+            raise ConfigError(f"--topk must be at least 1, got {args.topk}")
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+        files = expand_images(args.images)  # before loading the model: a typo fails fast
+        predictor = Predictor(args.checkpoint, args.topk, weights=args.weights, batch_size=args.batch_size)
+        print(describe(predictor.run), file=sys.stderr)
+        results, skipped = [], []
+        for start in range(0, len(files), args.batch_size):
+            decoded = [(path, decode_image(path)) for path in files[start:start + args.batch_size]]
+            skipped += [path for path, image in decoded if image is None]
+            good = [(path, image) for path, image in decoded if image is not None]
+            if not good:
+                continue
+            for (path, _), result in zip(good, predictor.predict([image for _, image in good])):
+                if args.json:
+                    results.append({"image": str(path), **result})
+                else:
+                    print(format_result(str(path), result), flush=True)
+        if skipped:
+            shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            print(f"warning: skipped {len(skipped)} unreadable image file(s) of {len(files)}: {shown}",
+                  file=sys.stderr)
+        if len(skipped) == len(files):
+            raise DataError(f"none of the {len(files)} image file(s) could be read as an image "
+                            f"({', '.join(str(p) for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
+        if args.json:
+            json.dump(results, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        return 0
+    try:
+        return _run(main)
+    except BrokenPipeError:  # e.g. `predict.py ... | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0

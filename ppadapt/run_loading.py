@@ -1,0 +1,200 @@
+"""Rebuild a trained model from what a training run left on disk.
+
+A run directory (see :func:`ppadapt.engine.run_stage`) holds ``best.pdparams``,
+``final.pdparams`` and ``run.json``, whose ``config`` is the full config of the
+run. :func:`load_run` rebuilds the same network from that config (architecture,
+AdaptFormer branches, the transfer's tuning method applied exactly as the
+transfer applied it), loads the weights strictly (every tensor, no extra one,
+same shapes), and returns it in eval mode with every parameter frozen, together
+with what a caller needs to preprocess images the way the run evaluated them
+(class names, mean/std, image size).
+
+Shared by :mod:`ppadapt.predictor` and :mod:`ppadapt.exporting`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+
+WEIGHTS = ("best", "final")
+RUN_RECORD = "run.json"
+
+
+@dataclass
+class LoadedRun:
+    """A rebuilt model and what its run recorded about its inputs and outputs."""
+
+    model: Any  # ppadapt.models.VisionTransformer, in eval mode, every parameter frozen
+    config: Any  # ppadapt.config.Config of the run
+    record: dict  # run.json
+    run_dir: Path
+    weights: Path  # the .pdparams that was loaded
+    stage: str  # "pretrain" or "transfer"
+    method: str  # the tuning method applied ("full" for a pretraining run)
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def img_size(self) -> int:
+        return int(self.config.model.img_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tuple[Path, Path]:
+    """``(run_dir, weights_file)`` of a run directory or of a ``.pdparams`` inside one.
+
+    For a directory, ``weights`` picks ``best.pdparams`` or ``final.pdparams``;
+    ``None`` means best, or final when the run has no best (it never evaluated).
+    A file must sit next to the ``run.json`` of its run; ``weights`` must then be None.
+    """
+    if weights is not None and weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (pass a run directory such as "
+                              "output/<run>/ or its best.pdparams / final.pdparams)")
+    if path.is_dir():
+        run_dir = path
+        if not (run_dir / RUN_RECORD).is_file():
+            raise CheckpointError(f"{run_dir} is not a run directory: it has no {RUN_RECORD} (pass the "
+                                  "folder that train.py / transfer.py wrote, e.g. output/<run>/)")
+        names = [weights] if weights else list(WEIGHTS)
+        for name in names:
+            if (run_dir / f"{name}.pdparams").is_file():
+                return run_dir, run_dir / f"{name}.pdparams"
+        raise CheckpointError(f"run directory {run_dir} has no {' or '.join(f'{n}.pdparams' for n in names)}"
+                              " (the run was interrupted before saving?)")
+    if weights is not None:
+        raise ConfigError(f"--weights {weights} applies to a run directory; {path} is already a file")
+    if not (path.parent / RUN_RECORD).is_file():
+        raise CheckpointError(f"no {RUN_RECORD} next to {path}: the model cannot be rebuilt without its run "
+                              "record (keep the checkpoint in its run directory, or pass the directory)")
+    return path.parent, path
+
+
+def read_record(run_dir: Path) -> dict:
+    """run.json of ``run_dir``, checked for the keys a rebuild needs."""
+    path = run_dir / RUN_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} cannot be read as JSON ({type(exc).__name__}: {exc}); "
+                              "is the run directory intact?") from None
+    missing = [k for k in ("config", "class_names", "mean", "std") if k not in record] \
+        if isinstance(record, dict) else ["everything"]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: it was not written by a ppadapt "
+                              "training run (or by an older ppadapt that did not record them)")
+    return record
+
+
+def config_from_dict(data: dict):
+    """A :class:`~ppadapt.config.Config` from ``Config.to_dict()`` output (run.json's ``config``).
+
+    Every key is checked as a YAML config's is, so a record from another version
+    of ppadapt fails with the offending key named.
+    """
+    from . import config as config_module
+
+    if not isinstance(data, dict):
+        raise CheckpointError(f"run.json's config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    method = data.pop("method", None) or {}
+    cfg = config_module.Config()
+    try:
+        # ``method.options`` is free-form (checked against the method by validate), the rest typed.
+        config_module._merge(cfg, data, prefix="", source="run.json")
+        if not isinstance(method, dict):
+            raise ConfigError(f"run.json: method must be a mapping, got {method!r}")
+        cfg.method = config_module.MethodSection(name=str(method.get("name", "full")),
+                                                 options=dict(method.get("options") or {}))
+        config_module.validate(cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"the run's recorded config cannot be rebuilt by this ppadapt ({exc})") from None
+    return cfg
+
+
+def build_run_model(cfg, record: dict):
+    """The network of a run, before its weights: ``(model, method name, stage)``."""
+    from .config import transfer_method
+    from .engine import apply_transfer_method, build_model
+
+    stage = record.get("stage", "transfer")
+    if stage not in ("pretrain", "transfer"):
+        raise CheckpointError(f"run.json has an unknown stage {stage!r} (expected pretrain or transfer)")
+    class_names = record["class_names"]
+    if not isinstance(class_names, list) or not class_names:
+        raise CheckpointError("run.json's class_names must be a non-empty list")
+    model = build_model(cfg, len(class_names))
+    if stage == "transfer":
+        recorded = record.get("method")
+        method = transfer_method(cfg)
+        if recorded is not None and recorded != method:
+            raise CheckpointError(f"run.json says method {recorded!r} but its config gives {method!r}")
+        try:
+            apply_transfer_method(model, cfg)
+        except ValueError as exc:
+            raise CheckpointError(f"cannot apply the run's method {method!r}: {exc}") from None
+    else:
+        method = "full"
+    return model, method, stage
+
+
+def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
+    """Rebuild the model of a run directory or checkpoint file and load its weights strictly.
+
+    The model comes back in eval mode (dropout off) with every parameter's
+    ``stop_gradient`` set, so no autograd state or training-only path is used.
+    """
+    from .adapter_file import META_KEY
+    from .checkpoint import load_state_dict, load_weights
+
+    run_dir, weights_file = resolve_checkpoint(checkpoint, weights)
+    record = read_record(run_dir)
+    cfg = config_from_dict(record["config"])
+    model, method, stage = build_run_model(cfg, record)
+    state = load_state_dict(str(weights_file))
+    if META_KEY in state:
+        raise CheckpointError(f"{weights_file} is an adapter-only file (just the tuned tensors); pass the run "
+                              "directory or its best.pdparams / final.pdparams, which hold the whole model")
+    try:
+        load_weights(model, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{weights_file} does not match the model rebuilt from {run_dir / RUN_RECORD}: "
+                              f"{exc}") from None
+    model.eval()
+    for param in model.parameters():
+        param.stop_gradient = True
+    mean, std = _triple(record["mean"], "mean"), _triple(record["std"], "std")
+    return LoadedRun(model=model, config=cfg, record=record, run_dir=run_dir, weights=weights_file,
+                     stage=stage, method=method, class_names=[str(c) for c in record["class_names"]],
+                     mean=mean, std=std)
+
+
+def _triple(values: Any, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise CheckpointError(f"run.json's {what} must be 3 numbers (one per RGB channel), got {values!r}")
+    return out  # type: ignore[return-value]
+
+
+def describe(run: LoadedRun) -> str:
+    """One line: what was loaded."""
+    m = run.config.model
+    return (f"loaded {run.weights} ({run.stage}, method {run.method}; ViT {m.img_size}px patch {m.patch_size}, "
+            f"width {m.embed_dim}, depth {m.depth}; {run.num_classes} classes)")
+
+
+__all__ = ["LoadedRun", "WEIGHTS", "build_run_model", "config_from_dict", "describe", "load_run",
+           "read_record", "resolve_checkpoint"]
