@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -93,7 +92,6 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
         method.merge(model)
         merged.append(run.method)
         log(f"merged {run.method} into the backbone weights (none of its layers is left in the graph)")
-    _vpt_dynamic_batch(model)
     model.eval()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -152,37 +150,6 @@ def _without_known_noise():
             rest = [line for line in text.splitlines() if not any(n in line for n in _NOISE)]
             if rest:
                 print("\n".join(rest), file=sys.stderr)
-
-
-def _vpt_dynamic_batch(model) -> None:
-    """Let VPT's prompts follow a dynamic batch in the exported graph.
-
-    VPT's hooks expand the prompts to ``x.shape[0]`` images, which is -1 while
-    ``paddle.jit`` traces a dynamic batch (hooks are not converted the way
-    ``forward`` is), so the saved graph would only run with batch 1. Here the
-    batch is taken from the input as a tensor (``paddle.shape``) by a pre-hook on
-    the patch embedding and used whenever the hooks pass -1; in dygraph they
-    pass a real size and nothing changes. (The lasting fix belongs in
-    ``ppadapt/methods/vpt.py``: expand to ``paddle.shape(x)[0]``.)
-    """
-    import paddle
-
-    from .methods.vpt import VPTPrompts
-
-    for prompts in [layer for layer in model.sublayers() if isinstance(layer, VPTPrompts)
-                    and callable(getattr(layer, "prompts", None))]:
-        state: dict = {}  # not a Layer attribute: jit would capture a tensor stored there as a constant
-
-        def remember_batch(layer, inputs, state=state):
-            state["batch"] = paddle.shape(inputs[0])[0]
-
-        def prompts_for_batch(self, index, batch, dtype, original=prompts.prompts, state=state):
-            if isinstance(batch, int) and batch < 0 and "batch" in state:
-                batch = state["batch"]
-            return original(index, batch, dtype)
-
-        prompts.prompts = types.MethodType(prompts_for_batch, prompts)
-        model.patch_embed.register_forward_pre_hook(remember_batch)
 
 
 def _inference_predictor(model_file: Path, params_file: Path):

@@ -84,7 +84,7 @@ class VPTPrompts(nn.Layer):
         """The prompt tensor: ``[1, tokens, D]`` (shallow) or ``[depth, tokens, D]`` (deep)."""
         return getattr(self, self._name_of_prompts)
 
-    def prompts(self, index: int, batch: int, dtype):
+    def prompts(self, index: int, batch, dtype):
         p = self.weight[index:index + 1].astype(dtype)
         p = F.dropout(p, p=self.dropout, training=self.training) if self.dropout > 0 else p
         return p.expand([batch, -1, -1])
@@ -99,12 +99,14 @@ class VPTPrompts(nn.Layer):
             x = inputs[0]
             if index == 0:
                 return (self._insert(x, 0),)
-            prompts = self.prompts(index, x.shape[0], x.dtype)
+            prompts = self.prompts(index, paddle.shape(x)[0], x.dtype)
             return (paddle.concat([x[:, :1], prompts, x[:, 1 + self.tokens:]], axis=1),)
         return hook
 
     def _insert(self, x, index: int):
-        prompts = self.prompts(index, x.shape[0], x.dtype)
+        # paddle.shape, not x.shape: hooks are not converted by paddle.jit, where
+        # x.shape[0] is -1 for a dynamic batch and the export would be fixed to batch 1.
+        prompts = self.prompts(index, paddle.shape(x)[0], x.dtype)
         return paddle.concat([x[:, :1], prompts, x[:, 1:]], axis=1)
 
 
