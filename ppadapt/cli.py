@@ -34,7 +34,45 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="override any config key, e.g. -o model.depth=6 -o lr=0.1 (bare stage keys "
                         "apply to this tool's stage); an unknown key is an error")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR|FILE",
+                   help="continue an interrupted run from its resume.pdckpt (written every epoch and on "
+                        "Ctrl-C): with no value, the run directory of this config and stage; it keeps the "
+                        "run's saved settings (only --data-file/--data-dir and -o num_workers/log_freq may "
+                        "change) and appends to its run.json and VisualDL logs")
     return p
+
+
+def _explicit_keys(args: argparse.Namespace, stage: str) -> list[str]:
+    """The config keys this command line sets (flags and -o), as dotted names; a section
+    name stands for all its keys. ``--resume`` checks them against the checkpoint's."""
+    import dataclasses
+
+    from .config import Config
+
+    keys = [f"{stage}.{name}" for name in ("dataset", "data_file", "data_dir", "epochs", "batch_size", "lr")
+            if getattr(args, name, None) is not None]
+    if args.data_dir is not None:
+        keys.append(f"{stage}.dataset")
+    keys += [name for name in ("seed", "output") if getattr(args, name, None) is not None]
+    top = {f.name for f in dataclasses.fields(Config)}
+    stage_keys = {f.name for f in dataclasses.fields(type(Config().stage(stage)))}
+    for item in args.override:
+        key = item.partition("=")[0].strip()
+        keys.append(f"{stage}.{key}" if key not in top and key in stage_keys else key)
+    for flag, key in (("pretrained", "transfer.pretrained"), ("resume_adapter", "transfer.resume_adapter")):
+        if getattr(args, flag, None) is not None:
+            keys.append(key)
+    if getattr(args, "backbone", None) is not None:
+        keys += ["model", "adapter.enabled"]
+    return keys
+
+
+def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
+    """``--resume``: the checkpoint and the config to continue with, or None."""
+    if args.resume is None:
+        return None
+    from .resume import prepare_resume
+    return prepare_resume(cfg, stage, args.resume, _explicit_keys(args, stage))
 
 
 def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
@@ -60,23 +98,38 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
 def _run(main: Callable[[], int]) -> int:
     # Paddle's own train_batch copies a tensor the way it warns users not to, every step.
     warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+    from .resume import TrainingInterrupted
+
     try:
         return main()
     except PPAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:  # Ctrl-C during training: says where it saved and how to go on
+        print(str(exc), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted: the last best/final checkpoint written is kept", file=sys.stderr)
+        print("interrupted: the files already written in the run directory are kept", file=sys.stderr)
         return 130
 
 
-def _use_backbone(cfg: Config, name: str) -> None:
+def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
     """Switch the model to a PaddleClas ViT architecture: a plain ViT, so the
-    AdaptFormer branches come only from the transfer method."""
+    AdaptFormer branches come only from the transfer method.
+
+    The ``-o model.KEY=VALUE`` overrides are applied again on top of the backbone's
+    architecture (e.g. ``-o model.img_size=32 -o model.patch_size=4`` for CIFAR at its
+    own size: the position embedding and patch kernel are resampled when loading).
+    With no pretrained checkpoint set, the weights are PaddleClas's own
+    (``transfer.pretrained: paddleclas:NAME``, downloaded once and cached). Runs go to
+    ``output/<config>_<backbone>_transfer_...``.
+    """
     import dataclasses
 
+    from .config import _parse_scalar
     from .errors import ConfigError
     from .models.paddleclas_archs import paddleclas_vit_config
+    from .pretrained import paddleclas_ref
 
     try:
         arch = paddleclas_vit_config(name)
@@ -84,6 +137,14 @@ def _use_backbone(cfg: Config, name: str) -> None:
         raise ConfigError(str(exc)) from None
     cfg.model = dataclasses.replace(arch)
     cfg.adapter.enabled = False
+    cfg.name = f"{cfg.name}_{name}"  # its own run folder, not the config's from-scratch runs'
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if key.strip().startswith("model."):
+            set_value(cfg, key.strip(), _parse_scalar(raw), source="-o")
+    if cfg.transfer.pretrained is None:
+        cfg.transfer.pretrained = paddleclas_ref(name)
+    validate(cfg)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +158,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def main() -> int:
         from .engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
         cfg = _load(args, "pretrain", args.dataset)
-        run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2)
+        run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"))
         return 0
     return _run(main)
 
@@ -111,8 +172,10 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--freeze", action="store_true",
                    help="freeze the backbone: train only the AdaptFormer branches and the new head")
     p.add_argument("--pretrained", metavar="CKPT",
-                   help="backbone checkpoint (default: the final checkpoint of train.py with the same "
-                        "config, under output/); 'none' trains from scratch")
+                   help="backbone checkpoint: a .pdparams of ppadapt or PaddleClas (default: the final "
+                        "checkpoint of train.py with the same config, under output/; with --backbone, "
+                        "PaddleClas's ImageNet weights, downloaded once to ~/.paddleclas/weights); "
+                        "'none' trains from scratch")
     p.add_argument("--method", metavar="NAME",
                    help="tuning method (see --list-methods; default: full fine-tuning, or the config's "
                         "method.name); options with -o method.KEY=VALUE")
@@ -120,8 +183,10 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
                    help="start the method's tensors (and head) from an adapter.pdparams written by transfer.py")
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
-                   help="architecture of a PaddleClas ViT constructor, e.g. ViT_base_patch16_224 "
-                        "(a plain ViT: no pretrained AdaptFormer branches)")
+                   help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384; "
+                        "its architecture, its ImageNet weights (unless --pretrained) and its normalisation "
+                        "(mean = std = 0.5). -o model.img_size=N / model.patch_size=P still apply: the "
+                        "position embedding and patch kernel are resampled")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, apply freezing, print the parameter summary and exit (no data)")
     args = p.parse_args(argv)
@@ -143,7 +208,7 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
         if args.resume_adapter is not None:
             cfg.transfer.resume_adapter = args.resume_adapter
         if args.backbone is not None:
-            _use_backbone(cfg, args.backbone)
+            _use_backbone(cfg, args.backbone, args.override)
         if args.dry_run:
             from .engine import apply_transfer_method, build_model, class_count
             from .freeze import count_parameters
@@ -152,6 +217,6 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
             print(count_parameters(model))
             return 0
         from .engine import run_stage
-        run_stage(cfg, "transfer", verbose=0 if args.quiet else 2)
+        run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"))
         return 0
     return _run(main)

@@ -31,10 +31,17 @@ import warnings
 
 
 def cpu_defaults() -> dict[str, str]:
-    """The environment the tools use unless the user has set these variables."""
-    return {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                   else os.cpu_count() or 1),
-            "MKL_DEBUG_CPU_TYPE": "5"}
+    """The environment the tools use unless the user has set these variables.
+
+    The cores are shared among the processes that ``paddle.distributed.launch``
+    starts on this machine (``PADDLE_LOCAL_SIZE``), so they do not oversubscribe.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        local_processes = max(1, int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return {"OMP_NUM_THREADS": str(max(1, cores // local_processes)), "MKL_DEBUG_CPU_TYPE": "5"}
 
 
 def apply_cpu_defaults() -> dict[str, str]:

@@ -24,6 +24,11 @@ eval logs carry only the *last* eval batch's loss, so the eval loss is averaged
 here from the batches; and ``fit`` calls the eval callbacks only when given
 ``eval_data``, so without it the history has train fields only, ``best`` stays
 ``None`` and ``final.pdparams``/``run.json`` are still written at train end.
+
+Resuming (:mod:`ppadapt.resume`): ``state_dict()`` is the record so far (history, best,
+final, and the running sums of an epoch stopped part-way); ``set_state_dict`` puts it
+back, and ``start_epoch`` offsets ``fit``'s epoch numbers (which restart from 0 in every
+``fit`` call), so a resumed run appends to the same history with the right epoch indices.
 """
 from __future__ import annotations
 
@@ -70,6 +75,9 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         self._eval_sums = [0.0, 0]
         self._eval_names: list[str] = []
         self._train_metrics: dict = {}
+        self.start_epoch = 0  # epochs done before this fit call (a resumed run)
+        self.resume_path: str | None = None  # listed in run.json once set
+        self._partial: dict | None = None  # an epoch resumed part-way: its sums so far
 
     # -- helpers ---------------------------------------------------------------
     def _is_write(self) -> bool:
@@ -83,9 +91,28 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         return value > self.best[self.monitor]
 
     def _record(self) -> dict:
+        checkpoints = {"best": self.best_path if self.best is not None else None,
+                       "final": self.final_path if self.final is not None else None}
+        if self.resume_path is not None:
+            checkpoints["resume"] = self.resume_path
         return {**self.meta, "history": self.history, "best": self.best, "final": self.final,
-                "checkpoints": {"best": self.best_path if self.best is not None else None,
-                                "final": self.final_path if self.final is not None else None}}
+                "checkpoints": checkpoints}
+
+    # -- resuming --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The record so far, plus the running sums of the current epoch (for a stop mid-epoch)."""
+        return {"history": [dict(e) for e in self.history], "best": self.best, "final": self.final,
+                "epoch_sums": list(self._sums), "train_metrics": dict(self._train_metrics),
+                "epoch_elapsed": time.perf_counter() - self._epoch_start if self._epoch_start else 0.0}
+
+    def set_state_dict(self, state: dict, mid_epoch: bool = False) -> None:
+        """Restore :meth:`state_dict`; ``mid_epoch``: the next epoch continues a stopped one."""
+        self.history = [dict(e) for e in state.get("history") or []]
+        self.best = state.get("best")
+        self.final = state.get("final")
+        self._partial = ({"sums": list(state.get("epoch_sums") or [0.0, 0]),
+                          "metrics": dict(state.get("train_metrics") or {}),
+                          "elapsed": float(state.get("epoch_elapsed") or 0.0)} if mid_epoch else None)
 
     def _write_record(self) -> None:
         if self._is_write():
@@ -105,11 +132,16 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
             os.makedirs(self.run_dir, exist_ok=True)
 
     def on_epoch_begin(self, epoch=None, logs=None) -> None:
-        self._epoch = epoch or 0
+        self._epoch = self.start_epoch + (epoch or 0)
         self._epoch_start = time.perf_counter()
         self._sums = [0.0, 0]
         self._train_metrics = {}
         self._entry = None
+        if self._partial is not None:  # continuing an epoch that was stopped part-way
+            partial, self._partial = self._partial, None
+            self._sums = partial["sums"]
+            self._train_metrics = partial["metrics"]
+            self._epoch_start -= partial["elapsed"]
 
     def on_train_batch_end(self, step, logs=None) -> None:
         logs = logs or {}
@@ -155,8 +187,13 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
 
     # -- end -------------------------------------------------------------------
     def on_train_end(self, logs=None) -> None:
+        self.finish(self.model.network)
+
+    def finish(self, network: paddle.nn.Layer) -> None:
+        """Write ``final.pdparams`` from ``network`` and the final record (also used when a
+        resumed run finds every epoch done but the final files not yet written)."""
         last = self.history[-1] if self.history else {}
         self.final = {k: v for k, v in last.items() if not k.endswith("_seconds")}
         if self._is_write():
-            atomic_save(self.model.network.state_dict(), self.final_path)
+            atomic_save(network.state_dict(), self.final_path)
         self._write_record()

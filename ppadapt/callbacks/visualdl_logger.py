@@ -16,10 +16,22 @@ What this class adds:
 * ``eval/loss`` is the mean over the evaluation set, weighted by batch size. Paddle
   passes only the *last* eval batch's loss in the eval logs, so the parent alone
   would plot the loss of one (possibly tiny) batch.
+
+Resuming: ``start_epoch`` and ``start_step`` (epochs and batches done before this
+``fit`` call) continue the eval and train step numbers of the interrupted run in the same
+log directory. VisualDL shows only the newest record file of a directory, so the new
+file (named to sort after the old ones) starts with a copy of the earlier files' scalars
+up to the resume point (train steps <= ``start_step``, eval epochs < ``start_epoch``):
+the curves show the whole run, without the steps an interrupted process logged after its
+last checkpoint. The writer is flushed after every epoch, so what a checkpoint covers
+is on disk when the checkpoint is.
 """
 from __future__ import annotations
 
 import numbers
+import re
+import time
+from pathlib import Path
 
 import paddle
 
@@ -36,9 +48,12 @@ def _first(value) -> float | None:
 class VisualDLLogger(paddle.callbacks.VisualDL):
     """Paddle's ``VisualDL`` callback plus ``train/lr``, parameter counts and a true mean eval loss."""
 
-    def __init__(self, log_dir: str, param_count: ParamCount | None = None) -> None:
+    def __init__(self, log_dir: str, param_count: ParamCount | None = None, *,
+                 start_epoch: int = 0, start_step: int = 0) -> None:
         super().__init__(log_dir)
         self.param_count = param_count
+        self.start_epoch = start_epoch
+        self.start_step = start_step
         self._eval_loss_sum = 0.0
         self._eval_samples = 0
 
@@ -48,17 +63,53 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
         if not hasattr(self, "writer"):
             from visualdl import LogWriter
 
-            self.writer = LogWriter(self.log_dir)
+            if self.start_step or self.start_epoch:
+                earlier, name = self._earlier_scalars()
+                self.writer = LogWriter(self.log_dir, file_name=name)
+                for tag, step, value in earlier:
+                    self.writer.add_scalar(tag=tag, step=step, value=value)
+            else:
+                self.writer = LogWriter(self.log_dir)
         return self.writer
+
+    def _earlier_scalars(self) -> tuple[list[tuple[str, int, float]], str]:
+        """The interrupted run's scalars up to the resume point, merged over its record
+        files (a step in a later file wins), and a file name that sorts after them."""
+        from visualdl import LogReader
+
+        files = sorted(Path(self.log_dir).glob("vdlrecords.*")) if Path(self.log_dir).is_dir() else []
+        merged: dict[tuple[str, int], float] = {}
+        for path in files:
+            try:
+                reader = LogReader(file_path=str(path))
+                for tag in reader.get_tags().get("scalar", []):
+                    for record in reader.get_data("scalar", tag):
+                        step = int(record.id)
+                        keep = (step <= self.start_step if tag.startswith("train/")
+                                else step < self.start_epoch if tag.startswith("eval/") else True)
+                        if keep:
+                            merged[(tag, step)] = float(record.value)
+            except Exception:  # a file cut short by a kill: keep what the others have
+                continue
+        stamps = [int(m.group(1)) for p in files if (m := re.match(r"vdlrecords\.(\d+)\.log", p.name))]
+        stamp = max([int(time.time())] + [t + 1 for t in stamps])
+        return [(tag, step, value) for (tag, step), value in sorted(merged.items())], f"vdlrecords.{stamp:010d}.log"
 
     def on_train_begin(self, logs=None) -> None:
         super().on_train_begin(logs)
+        self.train_step = self.start_step  # the parent starts from 0
         if not self._is_write():
+            return
+        if self.start_step or self.start_epoch:  # resumed: earlier scalars copied, counts included
+            self._ensure_writer()
             return
         count = self.param_count or count_parameters(self.model.network)
         writer = self._ensure_writer()
         writer.add_scalar(tag="model/trainable_params", step=0, value=count.trainable)
         writer.add_scalar(tag="model/total_params", step=0, value=count.total)
+
+    def on_epoch_begin(self, epoch=None, logs=None) -> None:
+        super().on_epoch_begin(self.start_epoch + (epoch or 0), logs)  # eval/* step = absolute epoch
 
     def on_train_batch_end(self, step, logs=None) -> None:
         super().on_train_batch_end(step, logs)  # advances self.train_step, writes train/<metric>
@@ -83,3 +134,13 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
         if self._eval_samples and "loss" in logs:
             logs["loss"] = [self._eval_loss_sum / self._eval_samples]
         super().on_eval_end(logs)
+        self._flush()
+
+    def on_epoch_end(self, epoch=None, logs=None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._flush()
+
+    def _flush(self) -> None:
+        """On disk before the epoch's resumable checkpoint is (see the module doc)."""
+        if self._is_write() and hasattr(self, "writer"):
+            self.writer.flush()

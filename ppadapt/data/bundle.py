@@ -35,14 +35,17 @@ class DatasetBundle:
 
 def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
                    data_file: str | Path | None = None, data_dir: str | Path | None = None,
-                   classes: Sequence[int] | None = None, augment: bool = True) -> DatasetBundle:
+                   classes: Sequence[int] | None = None, augment: bool = True,
+                   normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> DatasetBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) for a training stage.
 
     ``role`` ("pretrain" / "transfer") picks digits 0-4 or 5-9 and is ignored by
     the other datasets. ``classes`` keeps those original class indices, relabelled
     0..k-1 in the given order (``None`` or empty keeps all). Images are resized
     to ``img_size`` once, here. ``augment=False`` gives the train split the
-    deterministic eval transform. Every user-fixable problem raises ``DataError``.
+    deterministic eval transform. ``normalization`` = ``(mean, std)`` replaces the
+    dataset's own statistics: pretrained weights expect the normalisation they were
+    trained with (PaddleClas's ViTs: 0.5 / 0.5). Every user-fixable problem raises ``DataError``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}' (choose one of {', '.join(DATASETS)})")
@@ -62,6 +65,11 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
         spec = cifar_spec(name)
         splits = load_cifar(name, data_file)
         mean, std = spec.mean, spec.std
+
+    if normalization is not None:
+        mean, std = (tuple(float(v) for v in values) for values in normalization)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"normalization must be (mean, std) of 3 values each, std > 0; got {normalization!r}")
 
     splits = select_classes(splits, classes).resized(img_size)  # subset first: fewer images to resize
     eval_transform = EvalTransform(mean, std)

@@ -7,7 +7,10 @@ one call does the whole chain on a 32x32 image in tens of microseconds.
 Randomness: by default the draws come from numpy's global RNG (``np.random``),
 so ``np.random.seed`` makes a run reproducible, and Paddle's ``DataLoader``
 reseeds it differently in each worker process. Pass ``rng`` (a
-``np.random.Generator``) to use a private stream instead.
+``np.random.Generator``) to use a private stream instead, or give each call its own
+generator (``transform(image, rng=...)``): training does, with one generator per
+(seed, epoch, sample) (:mod:`ppadapt.data.sampler`), so that a resumed run augments
+every sample exactly as the uninterrupted run did.
 """
 from __future__ import annotations
 
@@ -76,17 +79,19 @@ class TrainTransform:
         self.rng = rng
         self._normalise = EvalTransform(mean, std).normalise
 
-    def _draws(self) -> np.ndarray:
+    def _draws(self, rng: np.random.Generator | None = None) -> np.ndarray:
         """Six uniform numbers in [0, 1): crop y, crop x, brightness, contrast, flip, angle.
 
         One call per image keeps the RNG overhead negligible.
         """
-        source = np.random if self.rng is None else self.rng
+        source = rng if rng is not None else (np.random if self.rng is None else self.rng)
         return source.random(6)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Augment ``image``; ``rng`` (this sample's own generator, see
+        :class:`ppadapt.data.sampler.SeededDataset`) overrides the transform's source."""
         size, pad = self.img_size, self.padding
-        u = self._draws()
+        u = self._draws(rng)
         if image.shape[:2] != (size, size):
             image = resize_image(image, size)
 

@@ -1,7 +1,10 @@
 """The architectures of PaddleClas's ViT constructors, as ppadapt ``ViTConfig`` values.
 
 ``--backbone ViT_base_patch16_224`` builds ppadapt's ViT with exactly the shapes
-of PaddleClas's model of that name, so its ``.pdparams`` load (issue: weights).
+of PaddleClas's model of that name, so its ``.pdparams`` load, and
+:data:`PADDLECLAS_URLS` is where PaddleClas downloads those weights from (a copy of
+``MODEL_URLS`` in ``ppcls/arch/backbone/model_zoo/vision_transformer.py``, kept here
+because importing ``paddleclas`` takes seconds; a test checks they agree).
 """
 from __future__ import annotations
 
@@ -20,7 +23,21 @@ PADDLECLAS_VITS: dict[str, ViTConfig] = {
 }
 
 
-def paddleclas_vit_config(name: str) -> ViTConfig:
+_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{}_pretrained.pdparams"
+PADDLECLAS_URLS: dict[str, str] = {name: _URL.format(name) for name in PADDLECLAS_VITS}
+
+
+def _check(name: str) -> None:
     if name not in PADDLECLAS_VITS:
         raise ValueError(f"unknown backbone '{name}' (choose one of {', '.join(PADDLECLAS_VITS)})")
+
+
+def paddleclas_vit_config(name: str) -> ViTConfig:
+    _check(name)
     return PADDLECLAS_VITS[name]
+
+
+def paddleclas_weights_url(name: str) -> str:
+    """PaddleClas's URL of the ImageNet weights of constructor ``name``."""
+    _check(name)
+    return PADDLECLAS_URLS[name]

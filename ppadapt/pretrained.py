@@ -1,0 +1,293 @@
+"""PaddleClas pretrained ViT weights: where they come from, how they fit, how images look.
+
+* **Where**: ``transfer.pretrained: paddleclas:NAME`` (what ``--backbone NAME`` sets
+  when no ``--pretrained`` is given) means PaddleClas's ImageNet weights of the
+  constructor ``NAME``, from the URL PaddleClas itself uses (``MODEL_URLS`` in
+  ``ppcls/arch/backbone/model_zoo/vision_transformer.py``). A copy already in
+  PaddleClas's cache (``~/.paddleclas/weights``) or Paddle's
+  (``~/.cache/paddle/hapi/weights``) is used as is; otherwise the file is
+  downloaded once into PaddleClas's cache. The download is one attempt with a
+  timeout, written to a temporary file and renamed, and a failure is one
+  :class:`CheckpointError` line that says to pass ``--pretrained PATH``; Paddle's own
+  downloader would retry three times with a log line each, then fail with no cause.
+* **Fit**: :func:`adapt_state_dict` is the checkpoint filter applied by
+  :func:`ppadapt.engine.load_pretrained`: a position embedding for another patch
+  grid (other image size, or other patch size) is resampled bicubically over the
+  grid with the class token kept, as timm's ``resample_abs_pos_embed``; a patch
+  embedding kernel of another patch size is resampled by FlexiViT's pseudo-inverse
+  resize, as timm's ``resample_patch_embed``. Everything else must match exactly
+  (:func:`ppadapt.checkpoint.load_weights` lists what does not).
+* **Images**: :func:`pretrained_normalization` gives the mean/std the weights were
+  trained with: PaddleClas's ViTs use mean = std = 0.5 per channel; a checkpoint
+  written by a ppadapt run uses what its ``run.json`` recorded.
+
+The resampling matrices follow PyTorch's / Paddle's ``interpolate`` (half-pixel
+centres, ``align_corners=False``, edge pixels replicated, cubic coefficient -0.75)
+when enlarging, and PIL's antialiased filters (support widened by the shrink
+factor, cubic coefficient -0.5, weights renormalised at the border) when
+shrinking, as ``interpolate(..., antialias=True)`` does.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError
+from .models.paddleclas_archs import paddleclas_weights_url
+
+PADDLECLAS_MEAN = (0.5, 0.5, 0.5)
+PADDLECLAS_STD = (0.5, 0.5, 0.5)
+SCHEME = "paddleclas:"
+WEIGHTS_HOME = Path("~/.paddleclas/weights")  # PaddleClas's cache (ppcls.utils.download.WEIGHTS_HOME)
+PADDLE_WEIGHTS_HOME = Path("~/.cache/paddle/hapi/weights")  # Paddle's (paddle.utils.download.WEIGHTS_HOME)
+TIMEOUT_S = 30.0  # per connection attempt and per read; one attempt only
+
+POS_EMBED = "pos_embed"
+PATCH_KERNEL = "patch_embed.proj.weight"
+
+
+# --- where the weights come from ----------------------------------------------------
+
+def is_paddleclas_ref(value: str | None) -> bool:
+    """Whether a ``transfer.pretrained`` value names PaddleClas's weights (``paddleclas:NAME``)."""
+    return bool(value) and value.startswith(SCHEME)
+
+
+def paddleclas_ref(name: str) -> str:
+    """``"paddleclas:NAME"``, the ``transfer.pretrained`` value of PaddleClas's weights."""
+    return SCHEME + name
+
+
+def paddleclas_name(value: str) -> str:
+    """The constructor name of a ``paddleclas:NAME`` value."""
+    return value[len(SCHEME):]
+
+
+def _cache_candidates(filename: str) -> list[Path]:
+    return [(WEIGHTS_HOME / filename).expanduser(), (PADDLE_WEIGHTS_HOME / filename).expanduser()]
+
+
+def cached_paddleclas_weights(name: str) -> Path | None:
+    """A non-empty copy of ``name``'s weights in PaddleClas's or Paddle's cache, if any."""
+    filename = paddleclas_weights_url(name).rsplit("/", 1)[-1]
+    for path in _cache_candidates(filename):
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    return None
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` in one attempt; raises on any failure.
+
+    Written to a hidden temporary file in the same folder and renamed at the end,
+    so an interrupted download never leaves a truncated ``dest`` in the cache.
+    """
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            dest.parent.mkdir(parents=True, exist_ok=True)  # only once the server answered
+            _copy(response, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _copy(response, tmp: Path) -> None:
+    """Stream an HTTP response to ``tmp``; a progress line on a terminal; checks the length."""
+    with open(tmp, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        done, shown = 0, -1
+        while True:
+            chunk = response.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if total and sys.stderr.isatty() and done * 20 // total != shown:
+                shown = done * 20 // total
+                print(f"\r  {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB", end="", file=sys.stderr)
+        if total and sys.stderr.isatty():
+            print(file=sys.stderr)
+    if total and done != total:
+        raise OSError(f"connection closed after {done:,} of {total:,} bytes")
+
+
+def paddleclas_weights(name: str, log: Callable[[str], None] = print) -> Path:
+    """The local file of PaddleClas's pretrained weights for constructor ``name``:
+    cached, or downloaded once into PaddleClas's cache; one-line CheckpointError offline."""
+    try:
+        url = paddleclas_weights_url(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cached = cached_paddleclas_weights(name)
+    if cached is not None:
+        return cached
+    dest = (WEIGHTS_HOME / url.rsplit("/", 1)[-1]).expanduser()
+    log(f"downloading PaddleClas's {name} weights from {url} to {dest}")
+    try:
+        _fetch(url, dest)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # DNS, refused, timeout, HTTP error, disk full: all "no usable file"
+        cause = exc.reason if type(exc) is urllib.error.URLError else exc  # "[Errno -2] Name or service not known"
+        reason = " ".join(str(cause).split()) or type(exc).__name__
+        raise CheckpointError(
+            f"download of PaddleClas's {name} weights failed ({reason}; {url}); pass --pretrained PATH "
+            f"with a local {dest.name}, or put it in {WEIGHTS_HOME}/") from None
+    return dest
+
+
+# --- how images are normalised ----------------------------------------------------------
+
+def pretrained_normalization(value: str | None, path: str | Path | None
+                             ) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """``(mean, std, where from)`` the pretrained weights expect, or None (no weights:
+    the dataset's own statistics).
+
+    ``value`` is ``transfer.pretrained`` as configured, ``path`` the resolved file.
+    A ppadapt run's checkpoint (a ``run.json`` with mean/std beside it) uses the
+    run's values; PaddleClas's weights, and any other external checkpoint (ppadapt's
+    ViT uses PaddleClas's names, so that is the format it loads), use 0.5 / 0.5.
+    """
+    if path is None:
+        return None
+    if is_paddleclas_ref(value):
+        return PADDLECLAS_MEAN, PADDLECLAS_STD, f"PaddleClas's, for its {paddleclas_name(value)} weights"
+    record = Path(path).parent / "run.json"
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text())
+            mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
+            if len(mean) == len(std) == 3:
+                return mean, std, f"the pretraining run's, from {record}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return (PADDLECLAS_MEAN, PADDLECLAS_STD,
+            "PaddleClas's: a checkpoint with no ppadapt run.json beside it is taken as a PaddleClas ViT")
+
+
+# --- how the weights fit --------------------------------------------------------------
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _linear(t: np.ndarray) -> np.ndarray:
+    return np.maximum(0.0, 1.0 - np.abs(t))
+
+
+def resize_matrix(old: int, new: int, mode: str = "bicubic") -> np.ndarray:
+    """The ``new x old`` matrix of resizing a 1-D signal (float64); separable for 2-D.
+
+    Enlarging (or equal size) reproduces ``paddle.nn.functional.interpolate(mode,
+    align_corners=False)``; shrinking is antialiased like PIL / ``antialias=True``.
+    """
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"mode must be 'bicubic' or 'bilinear', got {mode!r}")
+    if old < 1 or new < 1:
+        raise ValueError(f"sizes must be positive, got {old} -> {new}")
+    scale = old / new
+    mat = np.zeros((new, old))
+    if new >= old:
+        taps = np.arange(-1, 3) if mode == "bicubic" else np.arange(0, 2)
+        for i in range(new):
+            x = (i + 0.5) * scale - 0.5
+            x0 = math.floor(x)
+            for j in x0 + taps:
+                w = _cubic(np.array(x - j), -0.75) if mode == "bicubic" else _linear(np.array(x - j))
+                mat[i, min(max(j, 0), old - 1)] += float(w)
+    else:
+        j = np.arange(old) + 0.5
+        for i in range(new):
+            t = (j - (i + 0.5) * scale) / scale
+            w = _cubic(t, -0.5) if mode == "bicubic" else _linear(t)
+            mat[i] = w / w.sum()
+    return mat
+
+
+def resample_pos_embed(pos_embed: np.ndarray, new_grid: int, num_prefix_tokens: int = 1,
+                       mode: str = "bicubic") -> np.ndarray:
+    """Resample a ``[1, prefix + g*g, D]`` position embedding to a ``new_grid`` square grid.
+
+    The class token (the first ``num_prefix_tokens``) is kept as is; the grid part
+    is resized bicubically (timm's ``resample_abs_pos_embed``). Same grid: returned
+    unchanged (the same array).
+    """
+    pos = np.asarray(pos_embed)
+    if pos.ndim != 3 or pos.shape[0] != 1:
+        raise ValueError(f"pos_embed must be [1, tokens, dim], got {list(pos.shape)}")
+    prefix, grid = pos[:, :num_prefix_tokens], pos[0, num_prefix_tokens:]
+    old_grid = math.isqrt(grid.shape[0])
+    if old_grid * old_grid != grid.shape[0]:
+        raise ValueError(f"pos_embed has {grid.shape[0]} patch tokens, not a square grid")
+    if old_grid == new_grid:
+        return pos_embed
+    a = resize_matrix(old_grid, new_grid, mode)
+    g = grid.astype(np.float64).reshape(old_grid, old_grid, -1)
+    out = np.einsum("ij,jkd,lk->ild", a, g, a).reshape(1, new_grid * new_grid, -1)
+    return np.concatenate([prefix, out.astype(pos.dtype)], axis=1)
+
+
+def resample_patch_embed(weight: np.ndarray, new_size: int, mode: str = "bicubic") -> np.ndarray:
+    """Resample a ``[D, C, p, p]`` patch-embedding kernel to ``new_size x new_size``.
+
+    FlexiViT's pseudo-inverse resize (timm's ``resample_patch_embed``): with ``R`` the
+    resize of a ``p x p`` image patch to ``new_size x new_size``, the new kernel ``w'``
+    solves ``<R x, w'> = <x, w>`` for every patch ``x`` (exactly when enlarging, in the
+    least-squares sense when shrinking), so a resized image gives the old model's
+    patch features. Since ``R`` is separable, ``pinv(R) = pinv(A) (x) pinv(A)``.
+    """
+    w = np.asarray(weight)
+    old = w.shape[-1]
+    if w.ndim != 4 or w.shape[-2] != old:
+        raise ValueError(f"patch kernel must be [D, C, p, p], got {list(w.shape)}")
+    if old == new_size:
+        return weight
+    p = np.linalg.pinv(resize_matrix(old, new_size, mode))  # old x new
+    out = np.einsum("dckl,ki,lj->dcij", w.astype(np.float64), p, p)
+    return out.astype(w.dtype)
+
+
+def _numpy(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
+    """A checkpoint filter: ``state`` with its position embedding and patch kernel
+    resampled to ``model``'s patch grid and patch size where they differ.
+
+    Only these two tensors are touched, and only when their width (and channels)
+    match the model's; any other difference is left for
+    :func:`ppadapt.checkpoint.load_weights` to report. Returns the new dict (the
+    input is not modified) and one note per resampled tensor, for the log.
+    """
+    own = model.state_dict()
+    out, notes = dict(state), []
+    if PATCH_KERNEL in out and PATCH_KERNEL in own:
+        have, want = list(out[PATCH_KERNEL].shape), list(own[PATCH_KERNEL].shape)
+        if have != want and have[:2] == want[:2] and len(have) == 4 and have[2] == have[3] and want[2] == want[3]:
+            out[PATCH_KERNEL] = resample_patch_embed(_numpy(out[PATCH_KERNEL]), want[-1])
+            notes.append(f"resampled {PATCH_KERNEL} from patch {have[-1]} to {want[-1]} "
+                         "(pseudo-inverse resize, as timm's resample_patch_embed)")
+    if POS_EMBED in out and POS_EMBED in own:
+        have, want = list(out[POS_EMBED].shape), list(own[POS_EMBED].shape)
+        old_grid, new_grid = math.isqrt(have[1] - 1), math.isqrt(want[1] - 1)
+        if (have != want and len(have) == 3 and have[0] == 1 and have[2] == want[2]
+                and old_grid ** 2 == have[1] - 1 and new_grid ** 2 == want[1] - 1):
+            out[POS_EMBED] = resample_pos_embed(_numpy(out[POS_EMBED]), new_grid)
+            notes.append(f"resampled {POS_EMBED} from a {old_grid}x{old_grid} to a {new_grid}x{new_grid} "
+                         "patch grid (bicubic, class token kept)")
+    return out, notes

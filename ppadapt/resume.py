@@ -1,0 +1,372 @@
+"""Resumable training: the checkpoint every epoch writes, and continuing from it.
+
+A run directory holds ``resume.pdckpt`` (written atomically, see
+:func:`ppadapt.checkpoint.atomic_save`, by the main process only) after every
+evaluated epoch, when Ctrl-C stops a run (at the end of the batch in progress), and
+once more when the run has finished. It is one ``paddle.save`` dict:
+
+=================  ==================================================================
+``format``         ``"ppadapt.resume"``; ``version``: 1
+``stage``          ``"pretrain"`` / ``"transfer"``; ``config``: the run's config dict
+``meta``           what run.json records besides the history (class names, mean, std, ...)
+``epochs``         total epochs of the run
+``epoch``          the epoch to continue with (0-based; = epochs once all are done)
+``batch``          batches of ``epoch`` already trained (0 at an epoch boundary)
+``global_step``    batches trained in the whole run; ``steps_per_epoch``, ``nranks``
+``finished``       True once final.pdparams (and adapter.pdparams) are written
+``model``          the network's state dict (structured names)
+``optimizer``      ``optimizer.state_dict()`` (momentum accumulators, by Paddle's tensor
+                   names), ``optimizer_lr`` and ``param_names`` (structured name ->
+                   Paddle name, to map the accumulators onto a model built in another order)
+``lr_schedule``    the LR callback's ``state_dict()`` (global step, epoch) and its last LR
+``record``         :class:`~ppadapt.callbacks.BestAndFinalCheckpoint`'s state: history,
+                   best, final, and the running sums of an epoch stopped part-way
+``metrics``        running state (``total``/``count``) of the train metrics (mid-epoch)
+``visualdl_step``  the last train step written to VisualDL
+``rng``            Paddle's generator state per rank (pickled, as uint8 arrays), numpy's
+                   and Python's global states
+``reason``         ``"epoch"``, ``"interrupt"`` or ``"finished"``
+=================  ==================================================================
+
+What makes a resumed run identical to an uninterrupted one: the data order of every
+epoch and each sample's augmentation are functions of (seed, epoch[, index])
+(:mod:`ppadapt.data.sampler`); Paddle's generator (dropout, drop path) is reseeded from
+(seed, epoch, rank) at the start of every epoch, or restored from the checkpoint when
+the run continues an epoch part-way; everything else is in the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+import signal
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import paddle
+
+from .config import Config, _merge
+from .errors import CheckpointError, ConfigError, PPAdaptError
+
+RESUME_FILE = "resume.pdckpt"
+FORMAT = "ppadapt.resume"
+VERSION = 1
+TOOLS = {"pretrain": "train.py", "transfer": "transfer.py"}
+
+# Options that say only where things are or how they are shown: a resumed run takes
+# them from the command line. Every other option must match the checkpoint's.
+RESUME_OVERRIDABLE = ("data_file", "data_dir", "num_workers", "log_freq")
+
+
+class TrainingError(PPAdaptError):
+    """Training cannot go on (non-finite loss or weights, unwritable output)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``str()`` is the one-line message for the user."""
+
+
+# --- processes --------------------------------------------------------------------------
+
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the number of processes (1 without a launcher)."""
+    env = paddle.distributed.ParallelEnv()
+    return int(env.rank), max(1, int(env.world_size))
+
+
+# --- the output directory --------------------------------------------------------------
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a file in it, or raise a one-line TrainingError."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TrainingError(f"cannot write to the output directory {run_dir}: {reason} "
+                            "(pass --output DIR with a directory you can write to)") from None
+
+
+# --- finding and reading a checkpoint ---------------------------------------------------
+
+def find_checkpoint(target: Any, default_dir: Path) -> Path:
+    """The checkpoint file of ``--resume``: ``True`` means ``default_dir`` (this config and
+    stage's run directory); otherwise a run directory or the checkpoint file itself."""
+    if target is True or target is None:
+        path = default_dir / RESUME_FILE
+        if not path.is_file():
+            raise CheckpointError(f"nothing to resume: {path} does not exist (no run of this config and "
+                                  "stage saved one; start without --resume, or pass --resume RUN_DIR)")
+        return path
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path / RESUME_FILE
+        if not path.is_file():
+            raise CheckpointError(f"nothing to resume: {path} does not exist (pass a run directory "
+                                  f"that has a {RESUME_FILE}, or the file itself)")
+        return path
+    if not path.exists():
+        raise CheckpointError(f"resume checkpoint not found: {path} (pass a run directory or its {RESUME_FILE})")
+    return path
+
+
+def load_checkpoint(path: Path, stage: str | None = None) -> dict:
+    """Read a resume checkpoint (tensors as numpy arrays), checked; one-line CheckpointError."""
+    try:
+        state = paddle.load(str(path), return_numpy=True)
+    except Exception as exc:  # Paddle raises many types for a bad file
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = reason.replace(f":{path}", "").replace(str(path), "the file")
+        raise CheckpointError(f"resume checkpoint {path} cannot be read: truncated, corrupt or not a "
+                              f"Paddle file ({type(exc).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a resumable checkpoint (train.py/transfer.py write one as "
+                              f"{RESUME_FILE} in the run directory)")
+    if int(state.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer ppadapt (format version {state['version']}); "
+                              "update ppadapt to resume it")
+    if stage is not None and state.get("stage") != stage:
+        raise CheckpointError(f"{path} is a {state.get('stage')} checkpoint: resume it with "
+                              f"{TOOLS.get(state.get('stage'), 'the other tool')}")
+    return state
+
+
+def config_from_dict(data: dict) -> Config:
+    """A :class:`Config` from ``Config.to_dict()`` (as a checkpoint stores it)."""
+    data = copy.deepcopy(data)
+    method = data.pop("method", None) or {}
+    data["method"] = {"name": method.get("name", "full"), **(method.get("options") or {})}
+    cfg = Config()
+    _merge(cfg, data, prefix="", source="checkpoint config")
+    return cfg
+
+
+def flat_config(data: dict) -> dict[str, Any]:
+    """``{"model.depth": 6, "method.rank": 8, "seed": 42, ...}`` of a config dict."""
+    out: dict[str, Any] = {}
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            out[section] = value
+        elif section == "method":
+            out["method.name"] = value.get("name")
+            out.update({f"method.{k}": v for k, v in (value.get("options") or {}).items()})
+        else:
+            out.update({f"{section}.{k}": v for k, v in value.items()})
+    return out
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue from, with the config to continue with."""
+
+    path: Path
+    state: dict
+    cfg: Config
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def batch(self) -> int:
+        return int(self.state.get("batch", 0))
+
+    @property
+    def epochs(self) -> int:
+        return int(self.state["epochs"])
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.state.get("finished"))
+
+
+def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str] = ()) -> ResumePoint:
+    """Find and read the checkpoint of ``--resume`` and decide the config of the resumed run.
+
+    The run continues with the config saved in its checkpoint. ``explicit`` are the dotted
+    keys the command line set (flags and ``-o``; a section name covers its keys): the
+    ``RESUME_OVERRIDABLE`` stage keys and ``output`` are taken from ``cfg``; any other
+    explicit key whose value differs from the checkpoint's is an error, so that e.g.
+    ``--resume --epochs 20`` does not silently train 10.
+    """
+    from .engine import run_dir  # engine imports this module
+
+    path = find_checkpoint(target, run_dir(cfg, stage))
+    state = load_checkpoint(path, stage)
+    try:
+        saved = config_from_dict(state["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} holds a config this ppadapt cannot read ({exc})") from None
+    mine, theirs = flat_config(cfg.to_dict()), flat_config(saved.to_dict())
+    allowed = {f"{stage}.{k}" for k in RESUME_OVERRIDABLE} | {"output"}
+    for key in explicit:
+        keys = [k for k in sorted(set(mine) | set(theirs)) if k == key or k.startswith(key + ".")]
+        for k in keys:
+            if k in allowed:
+                continue
+            if mine.get(k) != theirs.get(k):
+                raise ConfigError(
+                    f"--resume continues a run with its saved settings, but {k} is {theirs.get(k)!r} in "
+                    f"{path} and {mine.get(k)!r} on the command line (drop that option, or start a new run "
+                    "without --resume)")
+    st, st_saved = cfg.stage(stage), saved.stage(stage)
+    for key in RESUME_OVERRIDABLE:
+        if any(k in explicit for k in (f"{stage}.{key}", stage)):
+            setattr(st_saved, key, getattr(st, key))
+    saved.output = str(path.parent.parent)
+    return ResumePoint(path, state, saved)
+
+
+# --- capturing and restoring ------------------------------------------------------------
+
+def _numpy_state(values: dict) -> dict:
+    return {k: (v.numpy() if isinstance(v, paddle.Tensor) else v) for k, v in values.items()}
+
+
+def rng_state() -> dict:
+    """Paddle's generator state (pickled to uint8: paddle.save stores arrays, not bytes),
+    numpy's and Python's global states."""
+    blob = pickle.dumps(paddle.get_rng_state())
+    return {"paddle": np.frombuffer(blob, dtype=np.uint8).copy(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def gather_rng_states(nranks: int) -> list:
+    """Every rank's Paddle generator state (rank order), for a checkpoint written mid-epoch."""
+    mine = rng_state()["paddle"]
+    if nranks < 2:
+        return [mine]
+    states: list = []
+    paddle.distributed.all_gather_object(states, mine)
+    return states
+
+
+def set_paddle_rng(blob: np.ndarray) -> None:
+    paddle.set_rng_state(pickle.loads(np.asarray(blob, dtype=np.uint8).tobytes()))
+
+
+def restore_global_rng(state: dict) -> None:
+    """numpy's and Python's global generators as the checkpoint saved them."""
+    rng = state.get("rng") or {}
+    if rng.get("numpy") is not None:
+        np.random.set_state(tuple(rng["numpy"]))
+    if rng.get("python") is not None:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(int(v) for v in internal), gauss))
+
+
+def metric_states(metrics: list) -> list:
+    """Running state of Paddle metrics that keep ``total``/``count`` (Accuracy does)."""
+    return [{"total": [float(v) for v in m.total], "count": [int(v) for v in m.count]}
+            if hasattr(m, "total") and hasattr(m, "count") else None for m in metrics]
+
+
+def set_metric_states(metrics: list, states: list | None) -> None:
+    for metric, st in zip(metrics, states or []):
+        if st:
+            metric.total = [float(v) for v in st["total"]]
+            metric.count = [int(v) for v in st["count"]]
+
+
+def remap_optimizer_state(opt_state: dict, saved_names: dict, network: paddle.nn.Layer) -> dict:
+    """Rename accumulators keyed by Paddle's tensor names (``linear_3.w_0_velocity_0``) from
+    the names the parameters had when saved to the names they have now (a model built in
+    another process or order), through the structured names both share."""
+    current = {k: p.name for k, p in network.named_parameters()}
+    rename = {old: current[k] for k, old in (saved_names or {}).items() if k in current and current[k] != old}
+    if not rename:
+        return dict(opt_state)
+    olds = sorted(rename, key=len, reverse=True)
+    out = {}
+    for key, value in opt_state.items():
+        for old in olds:
+            if key.startswith(old + "_"):
+                key = rename[old] + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, batch: int,
+            steps_per_epoch: int, nranks: int, network: paddle.nn.Layer,
+            optimizer: paddle.optimizer.Optimizer, lr_callback, saver, metrics: list,
+            visualdl_step: int, paddle_rng: list, reason: str, finished: bool = False) -> dict:
+    """The resume checkpoint dict (see the module docstring)."""
+    lr_state = dict(lr_callback.state_dict())
+    lr_state["last_lr"] = lr_callback.last_lr
+    rng = rng_state()
+    rng["paddle"] = paddle_rng
+    return {"format": FORMAT, "version": VERSION, "stage": stage, "reason": reason,
+            "config": cfg.to_dict(), "meta": meta, "epochs": epochs, "epoch": epoch, "batch": batch,
+            "global_step": int(lr_callback.global_step), "steps_per_epoch": steps_per_epoch,
+            "nranks": nranks, "finished": finished,
+            "model": _numpy_state(network.state_dict()),
+            "optimizer": _numpy_state(optimizer.state_dict()),
+            "optimizer_lr": float(optimizer.get_lr()),
+            "param_names": {k: p.name for k, p in network.named_parameters()},
+            "lr_schedule": lr_state, "record": saver.state_dict(), "metrics": metric_states(metrics),
+            "visualdl_step": int(visualdl_step), "rng": rng}
+
+
+def non_finite_weight(network: paddle.nn.Layer) -> str | None:
+    """The name of the first trainable parameter holding a NaN or Inf, or None."""
+    for name, param in network.named_parameters():
+        if not param.stop_gradient and not bool(paddle.isfinite(param).all()):
+            return name
+    return None
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------
+
+class StopRequest:
+    """Set by the first Ctrl-C: training stops at the end of the batch in progress."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextmanager
+def stop_on_sigint(stop: StopRequest, announce: bool = True) -> Iterator[StopRequest]:
+    """During the block, the first SIGINT (Ctrl-C) or SIGTERM sets ``stop.requested`` (and
+    says so on stderr): training stops at the end of the batch in progress and saves a
+    checkpoint. A second SIGINT raises KeyboardInterrupt at once; repeated SIGTERMs are
+    ignored (``paddle.distributed.launch`` sends several when it is interrupted, and a job
+    scheduler sends SIGKILL after its grace period anyway). Outside the main thread, where
+    signal handlers cannot be installed, the signals keep their default behaviour."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        stop.requested = True
+        if announce:
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = " (press Ctrl-C again to quit at once)" if signum == signal.SIGINT else ""
+            print(f"\n{what}: stopping after this batch and saving a resumable checkpoint{again}",
+                  file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def fmt_lr(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}"
