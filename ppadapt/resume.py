@@ -83,11 +83,18 @@ def rank_and_size() -> tuple[int, int]:
 # --- the output directory --------------------------------------------------------------
 
 def ensure_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and write a file in it, or raise a one-line TrainingError."""
+    """Check that files can be written in ``run_dir``, or raise a one-line TrainingError.
+
+    Folders created for the check are removed again, so a start that fails later
+    (bad data, missing checkpoint) leaves nothing behind in ``output/``.
+    """
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
             pass
+        for folder in created:  # deepest first
+            folder.rmdir()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TrainingError(f"cannot write to the output directory {run_dir}: {reason} "
