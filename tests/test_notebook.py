@@ -2,7 +2,10 @@
 
 The notebook's ``parameters`` cell is followed by an injected cell with test values
 (papermill's mechanism, without needing papermill), then every cell runs in a
-fresh kernel of this interpreter.
+fresh kernel of this interpreter. A second injected cell makes section 8 (transfer
+from a PaddleClas checkpoint) see no cached weights and an offline network, so it
+takes its offline path everywhere: it builds a small PaddleClas ViT and never
+downloads the real 330 MB checkpoint, even on a machine that could.
 """
 import json
 import re
@@ -24,6 +27,19 @@ TINY_OVERRIDES = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "m
                   "pretrain.log_freq=1", "transfer.log_freq=1"]
 
 
+# Empty weight caches, and a download that fails as it does with no network (DNS).
+OFFLINE = """\
+import urllib.error
+from pathlib import Path
+import ppadapt.pretrained as _pretrained
+_pretrained.WEIGHTS_HOME = Path({home!r}) / "paddleclas"
+_pretrained.PADDLE_WEIGHTS_HOME = Path({home!r}) / "paddle"
+def _offline_fetch(url, dest):
+    raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+_pretrained._fetch = _offline_fetch
+"""
+
+
 def read_notebook():
     return nbformat.read(str(NOTEBOOK), as_version=4)
 
@@ -40,7 +56,8 @@ def test_notebook_is_committed_clean():
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
     params = nb.cells[parameters_index(nb)].source
-    for name in ("CONFIG", "DATA_FILE", "OUTPUT", "OVERRIDES", "EPOCHS_PRETRAIN", "EPOCHS_TRANSFER"):
+    for name in ("CONFIG", "DATA_FILE", "OUTPUT", "OVERRIDES", "EPOCHS_PRETRAIN", "EPOCHS_TRANSFER",
+                 "PADDLECLAS_BACKBONE", "PADDLECLAS_WEIGHTS", "OFFLINE_BACKBONE"):
         assert f"{name} = " in params
 
 
@@ -77,10 +94,13 @@ def test_notebook_runs_on_tiny_data(tmp_path):
 
     nb = read_notebook()
     values = (f"CONFIG = 'configs/cpu.yaml'\nDATA_FILE = {str(archive)!r}\nOUTPUT = {str(out)!r}\n"
-              f"OVERRIDES = {TINY_OVERRIDES!r}\nEPOCHS_PRETRAIN = 1\nEPOCHS_TRANSFER = 1")
+              f"OVERRIDES = {TINY_OVERRIDES!r}\nEPOCHS_PRETRAIN = 1\nEPOCHS_TRANSFER = 1\n"
+              "PADDLECLAS_BACKBONE = 'ViT_base_patch16_224'\nPADDLECLAS_WEIGHTS = None\nOFFLINE_BACKBONE = 'small'")
     injected = nbformat.v4.new_code_cell(values)
     injected.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(parameters_index(nb) + 1, injected)
+    offline = nbformat.v4.new_code_cell(OFFLINE.format(home=str(tmp_path / "weights_home")))
+    offline.metadata["tags"] = ["injected-offline"]
+    nb.cells[parameters_index(nb) + 1:parameters_index(nb) + 1] = [injected, offline]
 
     client = nbclient.NotebookClient(nb, timeout=300, **kernel_options(tmp_path),
                                      resources={"metadata": {"path": str(REPO / "notebooks")}})
@@ -104,3 +124,36 @@ def test_notebook_runs_on_tiny_data(tmp_path):
     texts = "".join(o.get("text", "") for o in outputs)
     bug = re.search(r"after layer.stop_gradient = True: trainable parameters: ([\d,]+) of ([\d,]+)", texts)
     assert bug and bug.group(1) == bug.group(2)
+
+    # Section 8: offline, the download fails in one line; a small PaddleClas ViT built at 64 px
+    # (8x8 grid of 8 px patches) is transferred at 32 px (4x4 grid) with AdaptFormer.
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    lines = texts.splitlines()
+    failed = [line for line in lines if line.startswith("no PaddleClas weights: ")]
+    assert len(failed) == 1 and "download of PaddleClas's ViT_base_patch16_224 weights failed " \
+        "([Errno -2] Name or service not known; https://" in failed[0] and "pass --pretrained PATH" in failed[0]
+    assert len([line for line in lines if line.startswith(
+        "downloading PaddleClas's ViT_base_patch16_224 weights from https://")]) == 1  # one attempt
+    checkpoint = out / "paddleclas_checkpoint" / "small_random_init.pdparams"
+    assert ("built paddleclas.ppcls.arch.backbone.model_zoo.vision_transformer.VisionTransformer "
+            f"(small, random init) and saved its state dict: {checkpoint}") in lines
+    assert checkpoint.is_file()
+    assert "  pos_embed                  [1, 65, 32]" in lines
+    resampled = "resampled pos_embed from a 8x8 to a 4x4 patch grid (bicubic, class token kept)"
+    assert lines.count(resampled) == 2  # the keys report, then the run's log
+    assert "checkpoint keys the model lacks: none" in texts
+    assert "  different shape: pos_embed: checkpoint [1, 65, 32], model [1, 17, 32] (resampled when loading)" in lines
+    assert "  different shape: head.weight: checkpoint [32, 1000], model [32, 5] (a new head for this dataset's " \
+        "classes)" in lines
+    assert "left at init: ['head.weight', 'head.bias'] and 8 AdaptFormer branch tensors" in texts
+    assert f"loaded pretrained weights from {checkpoint} (2 new tensors left at init)" in lines
+    assert "normalisation: mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) (PaddleClas's: a checkpoint with " \
+        "no ppadapt run.json beside it is taken as a PaddleClas ViT)" in lines
+    run = out / "cpu_paddleclas_small_random_init_transfer_cifar10_frozen"
+    assert (run / "final.pdparams").is_file() and (run / "adapter.pdparams").is_file()
+    record = json.loads((run / "run.json").read_text())
+    assert record["mean"] == [0.5] * 3 and record["config"]["transfer"]["pretrained"] == str(checkpoint)
+    assert record["config"]["model"]["qkv_bias"] and record["config"]["model"]["epsilon"] == 1e-6
+    assert 0 < record["params"]["trainable"] < record["params"]["total"]
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert len(tables) == 2 and "from the PaddleClas checkpoint" in tables[1]
