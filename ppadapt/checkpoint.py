@@ -4,7 +4,11 @@ Saving writes a hidden temporary file in the target's directory, fsyncs it, and
 renames it over the target with ``os.replace`` (atomic on POSIX and Windows within
 one file system). An interrupted run (Ctrl-C, OOM kill, power loss) therefore
 leaves either the previous complete file or the new complete file, never a
-truncated one, and no temporary file is left behind by a failed save.
+truncated one. A save that fails (disk full, no permission) removes its temporary
+file and raises a one-line :class:`~ppadapt.errors.CheckpointWriteError` that says
+the previous file is intact. Only a process killed outright (SIGKILL, power loss)
+leaves its temporary file (``.NAME.<host>-<pid>-<random>.tmp``) behind; the next
+save of the same file removes those of processes of this host that no longer run.
 
 Loading turns Paddle's various exceptions (``ValueError`` with a C++ stack,
 ``EOFError: Ran out of input``, ...) into a one-line :class:`CheckpointError`, and
@@ -14,23 +18,78 @@ loading partially with a warning.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import warnings
+import re
+import socket
 import uuid
+import warnings
+import zlib
 from typing import Any, Callable
 
 import numpy as np
 import paddle
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointWriteError
 
 _SHOWN = 4  # names listed per kind of mismatch before "and N more"
+_INTACT = "pass an intact .pdparams (copy it again, or re-run the training that wrote it)"
+
+
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # temp files of another host are never touched
 
 
 def _temp_path(path: str) -> str:
     directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    return os.path.join(directory, f".{name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete the temporary files that saves of ``path`` by killed processes left behind
+    (this host, a process that no longer runs); returns their paths. POSIX only."""
+    if os.name != "posix":  # os.kill(pid, 0) would signal the process on Windows
+        return []
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"\.{re.escape(name)}\.{_HOST}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                os.remove(os.path.join(directory, entry))
+                removed.append(os.path.join(directory, entry))
+            except OSError:
+                pass
+    return removed
+
+
+def _write_error(path: str, exc: OSError, existed: bool) -> CheckpointWriteError:
+    """The one-line error of a failed save of ``path``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]
+    if exc.errno == errno.EISDIR:
+        problem = f"cannot write {path}: a directory of that name is in the way"
+    else:
+        problem = f"{reason} while writing {path}"
+    name = os.path.basename(path)
+    problem += f"; the previous {name} is intact" if existed else f"; no {name} was written"
+    return CheckpointWriteError(problem, "free some space or fix the permissions, then save again", path,
+                                exc.errno)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -48,22 +107,27 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Run ``write(temp_path)``, fsync the result, then rename it onto ``path``."""
+    """Run ``write(temp_path)``, fsync the result, then rename it onto ``path``; an OSError
+    becomes a one-line CheckpointWriteError (``path`` untouched, no temporary file left)."""
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+    existed = os.path.isfile(path)
     tmp = _temp_path(path)
     try:
+        os.makedirs(directory, exist_ok=True)
+        remove_stale_temps(path)  # first: on a full disk, that space may be what this save needs
         write(tmp)
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.remove(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+            raise _write_error(path, exc, existed) from exc
         raise
     _fsync_dir(directory)
 
@@ -98,6 +162,7 @@ def _is_array(value: Any) -> bool:
 
 def load_state_dict(path: str) -> dict:
     """Load a ``.pdparams`` state dict (name -> tensor), or raise a one-line CheckpointError."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(
             f"checkpoint not found: {path} (train one first, which writes best.pdparams and "
@@ -115,12 +180,12 @@ def load_state_dict(path: str) -> dict:
         reason = reason.replace(f":{path}", "").replace(path, "the file")
         raise CheckpointError(
             f"checkpoint {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
-            f"Paddle file ({type(e).__name__}: {reason[:160]})") from None
+            f"Paddle file ({type(e).__name__}: {reason[:160]}); {_INTACT}") from None
     if not isinstance(state, dict) or not state or not all(_is_array(v) for v in state.values()):
         # paddle.load falls back to parsing unknown bytes as a Program, so garbage can "load"
         kind = f"a {type(state).__name__}" + (" of non-tensors" if isinstance(state, dict) and state else "")
         raise CheckpointError(f"checkpoint {path} is not a Paddle state dict (name -> tensor) but reads "
-                              f"as {kind}: a corrupt file, or not a .pdparams of weights")
+                              f"as {kind}: a corrupt file, or not a .pdparams of weights; {_INTACT}")
     return state
 
 

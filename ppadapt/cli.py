@@ -11,14 +11,21 @@ import warnings
 from typing import Callable, Sequence
 
 from .config import CONFIG_DIR, Config, load_config, set_value, validate
-from .errors import PPAdaptError
+from .errors import PPAdaptError, PPAdaptWarning
 
 DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (unknown option, bad number, bad choice) are one ``error:``
+    line with exit status 2, like every other user error, instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE.yaml",
                    help="experiment protocol (default: configs/tutorial.yaml; configs/digits.yaml "
                         "for the digits demo)")
@@ -96,12 +103,22 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
 
 
 def _run(main: Callable[[], int]) -> int:
-    # Paddle's own train_batch copies a tensor the way it warns users not to, every step.
-    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
     from .resume import TrainingInterrupted
 
     try:
-        return main()
+        with warnings.catch_warnings():
+            # Paddle's own train_batch copies a tensor the way it warns users not to, every step.
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            others = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None) -> None:
+                """ppadapt's own warnings as one ``warning: ...`` line; others as they were."""
+                if issubclass(category, PPAdaptWarning):
+                    print(f"warning: {message}", file=sys.stderr if file is None else file)
+                else:
+                    others(message, category, filename, lineno, file, line)
+            warnings.showwarning = show
+            return main()
     except PPAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

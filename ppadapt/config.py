@@ -136,8 +136,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def set_value(cfg: Config, dotted: str, value: Any, *, stage: str | None = None, source: str = "") -> None:
     """Set one dotted key with type checking; a bare stage key goes to ``stage``."""
     parts = dotted.split(".")
-    if len(parts) == 1 and stage and not hasattr(cfg, parts[0]) and parts[0] in _field_names(cfg.stage(stage)):
-        parts = [stage] + parts
+    if len(parts) == 1 and stage and not hasattr(cfg, parts[0]):
+        stage_keys = _field_names(cfg.stage(stage))
+        if parts[0] in stage_keys:
+            parts = [stage] + parts
+        else:  # a mistyped bare stage key (-o epoch=3): suggest from both levels
+            close = difflib.get_close_matches(parts[0], _field_names(cfg) + stage_keys, n=1, cutoff=0.6)
+            if close:
+                where = f"'{stage}.{close[0]}'" if close[0] in stage_keys else f"'{close[0]}'"
+                raise ConfigError(f"{source + ': ' if source else ''}unknown config key '{parts[0]}'; "
+                                  f"did you mean {where}?")
     if len(parts) == 2 and parts[0] == "method" and parts[1] not in ("name", "options"):
         cfg.method.options[parts[1]] = value
         return
@@ -160,9 +168,11 @@ def validate(cfg: Config) -> None:
         st = cfg.stage(name)
         for key in ("epochs", "batch_size"):
             if getattr(st, key) <= 0:
-                raise ConfigError(f"{name}.{key} must be positive, got {getattr(st, key)}")
+                raise ConfigError(f"{name}.{key} must be positive, got {getattr(st, key)} (give a whole number "
+                                  f">= 1: --{key.replace('_', '-')} N or -o {name}.{key}=N)")
         if not st.lr > 0:
-            raise ConfigError(f"{name}.lr must be positive, got {st.lr}")
+            raise ConfigError(f"{name}.lr must be positive, got {st.lr} (give a number > 0, e.g. --lr 0.01 "
+                              f"or -o {name}.lr=0.01)")
         for key in ("warmup_steps", "num_workers", "weight_decay", "min_lr", "momentum"):
             if getattr(st, key) < 0:
                 raise ConfigError(f"{name}.{key} must not be negative, got {getattr(st, key)}")
@@ -283,4 +293,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     kind = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    example = {int: "a whole number, e.g. 10", float: "a number, e.g. 0.01", bool: "true or false",
+               str: "a text value"}.get(annotation)
+    raise ConfigError(f"{key} must be {kind}, got {value!r}" + (f" (give {example})" if example else ""))

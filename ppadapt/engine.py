@@ -24,7 +24,7 @@ from .checkpoint import atomic_save, load_state_dict, load_weights
 from .config import Config, transfer_method
 from .data import build_datasets
 from .data.sampler import EpochBatchSampler, SeededDataset
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, DataError
 from .freeze import ParamCount, count_parameters, set_trainable, trainable_parameters
 from .methods import Method, get_method
 from .methods.adaptformer import apply_adaptformer, is_adapter_parameter
@@ -334,6 +334,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, that did not wait for the end of the batch
         raise TrainingInterrupted(guard.interrupted_message()) from None
+    except CheckpointWriteError as exc:  # best/final.pdparams or run.json (the file there is intact)
+        raise guard.save_failed(exc) from None
     except OSError as exc:  # a full disk or lost permissions while writing the run's files
         if exc.filename and str(out.resolve()) in str(Path(exc.filename).resolve()):
             raise TrainingError(f"cannot write {exc.filename}: {exc.strerror or exc}; {guard._kept()}") from None
@@ -342,12 +344,15 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
         if hasattr(vdl, "writer"):  # flushed and closed even when training stops with an error
             vdl.writer.close()
             del vdl.writer
-    if main and stage == "transfer" and transfer_method(cfg) != "full":
-        save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
-        log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
-    if main:
-        atomic_save(capture_state(epoch=st.epochs, batch=0, reason="finished", paddle_rng=gather_rng_states(1),
-                                  finished=True), str(resume_path))
+    try:
+        if main and stage == "transfer" and transfer_method(cfg) != "full":
+            save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
+            log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
+        if main:
+            atomic_save(capture_state(epoch=st.epochs, batch=0, reason="finished",
+                                      paddle_rng=gather_rng_states(1), finished=True), str(resume_path))
+    except CheckpointWriteError as exc:
+        raise guard.save_failed(exc) from None
     _test_dump_weights(model, rank)
 
     result = StageResult(out, params, saver.history, saver.best or {}, saver.final or {},

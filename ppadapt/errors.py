@@ -3,6 +3,7 @@
 The command-line tools print these as ``error: <message>`` and exit with status 2,
 without a traceback. Anything else that escapes is a bug and keeps its traceback.
 """
+from __future__ import annotations
 
 
 class PPAdaptError(Exception):
@@ -19,3 +20,21 @@ class DataError(PPAdaptError):
 
 class CheckpointError(PPAdaptError):
     """Missing, corrupt or incompatible checkpoint."""
+
+
+class PPAdaptWarning(UserWarning):
+    """Something was skipped or adjusted, and the run goes on (e.g. unreadable images in a
+    folder). The command-line tools print it as one ``warning: <message>`` line."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Saving a file failed (disk full, no permission, ...); the file at its path is untouched.
+
+    An ``OSError`` too, so code that handles failed writes keeps working. ``problem`` is the
+    message without the generic fix, for callers that know a better one (training says how
+    to resume); ``path`` is the file that was being written.
+    """
+
+    def __init__(self, problem: str, fix: str, path: str, errno: int | None = None) -> None:
+        super().__init__(f"{problem} ({fix})")
+        self.problem, self.path, self.errno = problem, path, errno

@@ -70,6 +70,7 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
     from paddle.static import InputSpec
 
     from .methods import get_method
+    from .resume import ensure_writable
     from .run_loading import describe, load_run
 
     if onnx and importlib.util.find_spec("paddle2onnx") is None:
@@ -78,6 +79,7 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} exists and is not a folder")
+    ensure_writable(out)  # before the model is loaded: an unwritable --output fails at once
 
     run = load_run(checkpoint, weights)
     log(describe(run))
@@ -246,9 +248,9 @@ ROLES = {".json": "program (PIR)", ".pdmodel": "program", ".pdiparams": "weights
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    from .cli import _run
+    from .cli import ArgumentParser, _run
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="export.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged.\n\n"
                     "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora")

@@ -210,7 +210,9 @@ def format_result(image: str, result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify images with a trained run (top-k labels with softmax probabilities).\n\n"
                     "  python ppadapt/predict.py --checkpoint output/cpu_transfer_cifar10_frozen cat.png dog.jpg\n"
@@ -246,26 +248,29 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
         files = expand_images(args.images)  # before loading the model: a typo fails fast
         predictor = Predictor(args.checkpoint, args.topk, weights=args.weights, batch_size=args.batch_size)
-        print(describe(predictor.run), file=sys.stderr)
-        results, skipped = [], []
+        results, skipped, announced = [], [], False
         for start in range(0, len(files), args.batch_size):
             decoded = [(path, decode_image(path)) for path in files[start:start + args.batch_size]]
             skipped += [path for path, image in decoded if image is None]
             good = [(path, image) for path, image in decoded if image is not None]
             if not good:
                 continue
+            if not announced:  # with the first readable image: with none, the error line stands alone
+                print(describe(predictor.run), file=sys.stderr)
+                announced = True
             for (path, _), result in zip(good, predictor.predict([image for _, image in good])):
                 if args.json:
                     results.append({"image": str(path), **result})
                 else:
                     print(format_result(str(path), result), flush=True)
-        if skipped:
+        if skipped and len(skipped) < len(files):
             shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
             print(f"warning: skipped {len(skipped)} unreadable image file(s) of {len(files)}: {shown}",
                   file=sys.stderr)
-        if len(skipped) == len(files):
+        if len(skipped) == len(files):  # the error alone says it
             raise DataError(f"none of the {len(files)} image file(s) could be read as an image "
-                            f"({', '.join(str(p) for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
+                            f"({', '.join(str(p) for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''}); "
+                            f"pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}) that open in an image viewer")
         if args.json:
             json.dump(results, sys.stdout, indent=2)
             sys.stdout.write("\n")

@@ -300,7 +300,9 @@ def _check_image_type(path: Path) -> None:
 # --- command line ------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="report.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compare finished runs: a V-PETL Bench-style Markdown table (or CSV) and their curves.\n\n"
                     "  python ppadapt/report.py                          # every run under output/\n"

@@ -132,10 +132,11 @@ def load_checkpoint(path: Path, stage: str | None = None) -> dict:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         reason = reason.replace(f":{path}", "").replace(str(path), "the file")
         raise CheckpointError(f"resume checkpoint {path} cannot be read: truncated, corrupt or not a "
-                              f"Paddle file ({type(exc).__name__}: {reason})") from None
+                              f"Paddle file ({type(exc).__name__}: {reason}); resume from another run "
+                              "directory, or start the run again without --resume") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a resumable checkpoint (train.py/transfer.py write one as "
-                              f"{RESUME_FILE} in the run directory)")
+        raise CheckpointError(f"{path} is not a resumable checkpoint: pass the run directory or its {RESUME_FILE} "
+                              "(train.py/transfer.py write one there every epoch)")
     if int(state.get("version", 0)) > VERSION:
         raise CheckpointError(f"{path} was written by a newer ppadapt (format version {state['version']}); "
                               "update ppadapt to resume it")

@@ -19,11 +19,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import ppadapt  # noqa: E402,F401  (first: its thread settings only work before Paddle is imported)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
-import ppadapt  # noqa: E402,F401  (applies the CPU settings)
 from ppadapt import engine, runtime  # noqa: E402
 from ppadapt.config import load_config  # noqa: E402
 from ppadapt.models import fast_layers  # noqa: E402

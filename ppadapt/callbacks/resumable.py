@@ -37,6 +37,7 @@ import paddle
 
 from ..checkpoint import atomic_save
 from ..data.sampler import EpochBatchSampler, derived_seed
+from ..errors import CheckpointWriteError
 from ..resume import (StopRequest, TrainingError, TrainingInterrupted, fmt_lr, gather_rng_states,
                       non_finite_weight, set_metric_states, set_paddle_rng)
 
@@ -144,15 +145,22 @@ class TrainingGuard(paddle.callbacks.Callback):
             return f"the last good resumable checkpoint is {self.path} ({self.last_saved})"
         return "no resumable checkpoint was written yet"
 
+    def save_failed(self, exc: CheckpointWriteError) -> TrainingError:
+        """The one-line error of a run whose checkpoint file could not be written: what failed
+        (the file there is intact), the last good resumable checkpoint, and how to go on."""
+        if self.last_saved:
+            how = f"free some space or fix the permissions, then continue with: {self.resume_hint}"
+        else:
+            how = "free some space or fix the permissions, then start the run again"
+        return TrainingError(f"{exc.problem}; {self._kept()}; {how}")
+
     def _save(self, epoch: int, batch: int, reason: str, paddle_rng: list) -> None:
         if self.is_main:
             try:
                 atomic_save(self.capture(epoch=epoch, batch=batch, reason=reason, paddle_rng=paddle_rng),
                             str(self.path))
-            except OSError as exc:
-                raise TrainingError(f"cannot write the resumable checkpoint {self.path}: "
-                                    f"{exc.strerror or exc} (free space or fix the permissions, then "
-                                    f"resume: {self.resume_hint})") from None
+            except CheckpointWriteError as exc:
+                raise self.save_failed(exc) from None
         self.last_saved = (f"end of epoch {epoch}/{self.epochs}" if batch == 0
                            else f"epoch {epoch + 1}/{self.epochs}, batch {batch}/{self.steps_per_epoch}")
 

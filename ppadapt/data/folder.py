@@ -7,6 +7,9 @@ the small folders this is meant for fit comfortably in memory.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, PPAdaptWarning
 from .arrays import Splits, resize_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -59,7 +62,9 @@ def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
     arrays = {split: _decode_all(items, img_size, skipped) for split, items in files.items()}
     if skipped:
         shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root}: {shown}", stacklevel=2)
+        total = sum(len(items) for items in files.values())
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) of {total} in {root}: {shown} "
+                      "(not decodable as images; the run goes on without them)", PPAdaptWarning, stacklevel=2)
 
     train_images, train_labels = arrays["train"]
     test_images, test_labels = arrays["test"]
@@ -109,7 +114,8 @@ def decode_image(path: Path) -> np.ndarray | None:
         encoded = np.fromfile(str(path), dtype=np.uint8)  # unlike cv2.imread, handles any path name
     except OSError:
         return None
-    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    with _native_stderr_silenced():  # libpng prints "libpng error: ..." for a corrupt PNG
+        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
     if image is not None:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     try:
@@ -117,3 +123,23 @@ def decode_image(path: Path) -> np.ndarray | None:
             return np.asarray(pil.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Discard what C libraries write straight to file descriptor 2 during the block: an
+    unreadable image is reported once, by the caller, not also by the decoder."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (some notebook kernels): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
