@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import tarfile
 
+import cv2
 import numpy as np
 import paddle
 import pytest
@@ -99,10 +100,21 @@ def test_bad_class_subsets_are_data_errors(cifar10_file, classes):
     assert "class" in one_line_error(excinfo)
 
 
-def test_resize_happens_at_load_time(cifar10_file):
-    data = build_datasets("cifar10", data_file=str(cifar10_file), img_size=16, classes=[0, 1])
-    assert data.train.images.shape[1:] == (16, 16, 3)
-    assert data.train[0][0].shape == (3, 16, 16) and data.test[0][0].shape == (3, 16, 16)
+@pytest.mark.parametrize("size", [16, 224])
+def test_images_stay_at_their_stored_size_and_are_resized_per_item(cifar10_file, size):
+    """A 224 px model on CIFAR must not hold 49x the pixels in memory; the items are the
+    ones resizing up front gave (bilinear up, area down)."""
+    data = build_datasets("cifar10", data_file=str(cifar10_file), img_size=size, classes=[0, 1])
+    stored = build_datasets("cifar10", data_file=str(cifar10_file), img_size=32, classes=[0, 1])
+    assert data.train.images.shape[1:] == (32, 32, 3)
+    np.testing.assert_array_equal(data.test.images, stored.test.images)
+    for i in range(3):
+        image, _ = data.test[i]
+        assert image.shape == (3, size, size)
+        interpolation = cv2.INTER_LINEAR if size > 32 else cv2.INTER_AREA
+        resized = cv2.resize(stored.test.images[i], (size, size), interpolation=interpolation)
+        np.testing.assert_array_equal(image, EvalTransform(CIFAR10_MEAN, CIFAR10_STD)(resized))
+        assert data.train[i][0].shape == (3, size, size)  # augmented, at the model's size
 
 
 def test_cifar100_layout(cifar100_file, no_download):
@@ -278,7 +290,8 @@ def test_digits_roles_are_disjoint_and_split_is_fixed():
     np.testing.assert_array_equal(pre.train.images, again.train.images)
     np.testing.assert_array_equal(pre.test.labels, again.test.labels)
     for data in (pre, post):
-        assert data.train.images.shape[1:] == (16, 16, 3)
+        assert data.train.images.shape[1:] == (8, 8, 3)  # the 8x8 scans, resized per item
+        assert data.train[0][0].shape == data.test[0][0].shape == (3, 16, 16)
         total = len(data.train) + len(data.test)
         assert 0.18 < len(data.test) / total < 0.22
         counts = np.bincount(data.test.labels, minlength=5)

@@ -5,7 +5,7 @@ that class selection, resizing and the Paddle ``Dataset`` wrapper exist once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import cv2
@@ -25,11 +25,6 @@ class Splits:
     test_labels: np.ndarray
     class_names: list[str]
 
-    def resized(self, size: int) -> Splits:
-        """The same splits at ``size`` x ``size`` (no copy when already that size)."""
-        return replace(self, train_images=resize_images(self.train_images, size),
-                       test_images=resize_images(self.test_images, size))
-
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Resize one HWC image to ``size`` x ``size``: bilinear to enlarge, area to shrink
@@ -39,17 +34,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
         return image
     interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize a stack of same-sized HWC images once, at load time, so that the
-    per-step transforms never pay for it."""
-    if images.shape[1:3] == (size, size):
-        return images
-    out = np.empty((len(images), size, size, images.shape[3]), dtype=images.dtype)
-    for i, image in enumerate(images):
-        out[i] = resize_image(image, size).reshape(size, size, -1)
-    return out
 
 
 def select_classes(splits: Splits, classes: Sequence[int] | None) -> Splits:

@@ -41,8 +41,9 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
 
     ``role`` ("pretrain" / "transfer") picks digits 0-4 or 5-9 and is ignored by
     the other datasets. ``classes`` keeps those original class indices, relabelled
-    0..k-1 in the given order (``None`` or empty keeps all). Images are resized
-    to ``img_size`` once, here. ``augment=False`` gives the train split the
+    0..k-1 in the given order (``None`` or empty keeps all). Images stay at their
+    stored size in memory and the transforms resize each one to ``img_size`` as it is
+    read: CIFAR-10 upsampled to 224 px up front would hold 7.5 GB. ``augment=False`` gives the train split the
     deterministic eval transform. ``normalization`` = ``(mean, std)`` replaces the
     dataset's own statistics: pretrained weights expect the normalisation they were
     trained with (PaddleClas's ViTs: 0.5 / 0.5). Every user-fixable problem raises ``DataError``.
@@ -71,8 +72,8 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"normalization must be (mean, std) of 3 values each, std > 0; got {normalization!r}")
 
-    splits = select_classes(splits, classes).resized(img_size)  # subset first: fewer images to resize
-    eval_transform = EvalTransform(mean, std)
+    splits = select_classes(splits, classes)
+    eval_transform = EvalTransform(mean, std, img_size)
     train_transform = TrainTransform(img_size, mean, std, flip=flip) if augment else eval_transform
     return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
                          test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),

@@ -29,9 +29,15 @@ class EvalTransform:
     """Normalise only: ``(x / 255 - mean) / std`` per channel, HWC to CHW.
 
     Deterministic, so evaluation of the same checkpoint always gives the same numbers.
+    With ``img_size``, an image of another size is first resized to it, per item, so that
+    a dataset kept at its stored size (CIFAR's 32 px) can feed a 224 px model without
+    holding the upsampled copies in memory.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], img_size: int | None = None) -> None:
+        if img_size is not None and img_size < 1:
+            raise ValueError(f"img_size must be positive, got {img_size}")
+        self.img_size = img_size
         mean_arr = np.asarray(mean, dtype=np.float32)
         std_arr = np.asarray(std, dtype=np.float32)
         if mean_arr.shape != (3,) or std_arr.shape != (3,) or np.any(std_arr <= 0):
@@ -48,6 +54,8 @@ class EvalTransform:
         return np.ascontiguousarray(out.transpose(2, 0, 1))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.img_size is not None and image.shape[:2] != (self.img_size, self.img_size):
+            image = resize_image(image, self.img_size)
         return self.normalise(image)
 
 
