@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 import pytest
 
 from ppadapt.freeze import set_trainable
@@ -113,6 +114,17 @@ def test_full_training_follows_paddles_trajectory(monkeypatch):
     monkeypatch.setattr(fast_layers, "_wants_fast_path", lambda *tensors: False)
     plain = _train_losses("full")
     assert fast[-1] != fast[0]  # it trained
+    np.testing.assert_allclose(fast, plain, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "adapter"])
+def test_adapter_branches_fast_linear_follows_paddles_trajectory(monkeypatch, method):
+    """The adapters' projections are ppadapt Linears too; only the Linear is switched here
+    (Paddle's LayerNorm gradient is wrong under the frozen backbone)."""
+    fast = _train_losses(method)
+    monkeypatch.setattr(fast_layers, "linear", F.linear)
+    plain = _train_losses(method)
+    assert fast[-1] != fast[0]
     np.testing.assert_allclose(fast, plain, rtol=1e-5)
 
 

@@ -22,6 +22,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
 
+from ..models.fast_layers import Linear
+
 SUBLAYER = "adaptmlp"
 
 # Per-variant defaults for the options left as None.
@@ -78,8 +80,9 @@ class Adapter(nn.Layer):
             self.scale = self.create_parameter([1], default_initializer=Constant(scale))
         else:
             self.scale = float(scale)
-        self.down_proj = nn.Linear(dim, bottleneck)
-        self.up_proj = nn.Linear(bottleneck, dim)
+        # ppadapt's Linear: nn.Linear with a fast CPU bias gradient (same parameters and init)
+        self.down_proj = Linear(dim, bottleneck)
+        self.up_proj = Linear(bottleneck, dim)
         if init == "lora":
             # Kaiming-uniform(a=sqrt(5)) on the way down, zeros on the way up:
             # the branch outputs exactly 0 until the first update.

@@ -35,6 +35,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
+from ..models.fast_layers import Linear
+
 SUBLAYER = "adapter"
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 INITS = ("zero_up", "houlsby", "zeros")
@@ -68,8 +70,8 @@ class HoulsbyAdapter(nn.Layer):
                  init: str = "zero_up", init_scale: float = 1e-3):
         super().__init__()
         self.activation = activation
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
+        self.down = Linear(dim, bottleneck)  # ppadapt's: fast CPU bias gradient, same parameters
+        self.up = Linear(bottleneck, dim)
         # Truncated at two standard deviations, like TF's truncated_normal_initializer
         # (paddle's a/b are absolute bounds, not multiples of std).
         normal = TruncatedNormal(std=init_scale, a=-2 * init_scale, b=2 * init_scale)
