@@ -162,7 +162,8 @@ class VisionTransformer(nn.Layer):
     def forward_features(self, x):
         x = self.patch_embed(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1]).astype(x.dtype)
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        # [T, D], not [1, T, D]: Paddle's CPU broadcast over a size-1 axis is ~8x slower (see fast_layers)
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed.reshape(self.pos_embed.shape[1:]))
         for block in self.blocks:
             x = block(x)
         return self.norm(x[:, 0])  # = norm(x)[:, 0]: LayerNorm is per token
