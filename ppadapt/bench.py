@@ -9,7 +9,6 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-import ppadapt  # noqa: E402,F401  (CPU thread settings before Paddle is imported)
 from ppadapt.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -160,6 +160,14 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (paddle.Tensor, np.ndarray))
 
 
+def load_failure(exc: Exception, path: str | os.PathLike) -> str:
+    """``"ValueError: ..."``: the first line of what ``paddle.load`` raised for ``path``,
+    short and without the path (the message around it names the file)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = reason.replace(f":{path}", "").replace(str(path), "the file")
+    return f"{type(exc).__name__}: {reason[:160]}"
+
+
 def load_state_dict(path: str) -> dict:
     """Load a ``.pdparams`` state dict (name -> tensor), or raise a one-line CheckpointError."""
     path = os.fspath(path)
@@ -176,11 +184,9 @@ def load_state_dict(path: str) -> dict:
     try:
         state = paddle.load(path)
     except Exception as e:  # Paddle raises ValueError, EOFError, UnpicklingError, RuntimeError...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = reason.replace(f":{path}", "").replace(path, "the file")
         raise CheckpointError(
             f"checkpoint {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
-            f"Paddle file ({type(e).__name__}: {reason[:160]}); {_INTACT}") from None
+            f"Paddle file ({load_failure(e, path)}); {_INTACT}") from None
     if not isinstance(state, dict) or not state or not all(_is_array(v) for v in state.values()):
         # paddle.load falls back to parsing unknown bytes as a Program, so garbage can "load"
         kind = f"a {type(state).__name__}" + (" of non-tensors" if isinstance(state, dict) and state else "")

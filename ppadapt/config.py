@@ -8,6 +8,7 @@ closest valid one, never silently ignored.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -215,6 +216,24 @@ def method_config(cfg: Config):
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    """A :class:`Config` from ``Config.to_dict()`` output (run.json's or a resume
+    checkpoint's ``config``), every key checked as a YAML file's is; not validated.
+
+    ``method.options`` is free-form here (the method checks it in :func:`validate`).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: config must be a mapping, got {type(data).__name__}")
+    data = copy.deepcopy(data)  # the Config must not share lists with the caller's dict
+    method = data.pop("method", None) or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"{source}: method must be a mapping, got {method!r}")
+    cfg = Config()
+    _merge(cfg, data, prefix="", source=source)
+    cfg.method = MethodSection(name=str(method.get("name", "full")), options=dict(method.get("options") or {}))
+    return cfg
 
 
 # --- internals -------------------------------------------------------------

@@ -312,13 +312,8 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
     stop = StopRequest()
     launcher = f"python -m paddle.distributed.launch --nproc_per_node {nranks} " if nranks > 1 else "python "
     hint = f"{launcher}ppadapt/{TOOLS[stage]} --resume {out}"
-    last = None
-    if point is not None:
-        last = (f"end of epoch {start_epoch}/{st.epochs}" if not skip
-                else f"epoch {start_epoch + 1}/{st.epochs}, batch {skip}/{steps}")
     guard = TrainingGuard(resume_path, capture_state, epochs=st.epochs, steps_per_epoch=steps, stop=stop,
-                          resume_hint=hint, start_epoch=start_epoch, skip=skip, nranks=nranks, is_main=main,
-                          last_saved=last)
+                          resume_hint=hint, start_epoch=start_epoch, skip=skip, nranks=nranks, is_main=main)
     callbacks = [EpochProgBar(st.log_freq, verbose, epochs=st.epochs, start_epoch=start_epoch), lr_cb,
                  EpochSetup(sampler, cfg.seed, rank, start_epoch=start_epoch, skip=skip,
                             paddle_rng=paddle_rng, metric_states=metric_state),
@@ -344,15 +339,15 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
         if hasattr(vdl, "writer"):  # flushed and closed even when training stops with an error
             vdl.writer.close()
             del vdl.writer
-    try:
-        if main and stage == "transfer" and transfer_method(cfg) != "full":
-            save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
-            log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
-        if main:
+    if main:
+        try:
+            if stage == "transfer" and transfer_method(cfg) != "full":
+                save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
+                log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
             atomic_save(capture_state(epoch=st.epochs, batch=0, reason="finished",
                                       paddle_rng=gather_rng_states(1), finished=True), str(resume_path))
-    except CheckpointWriteError as exc:
-        raise guard.save_failed(exc) from None
+        except CheckpointWriteError as exc:
+            raise guard.save_failed(exc) from None
     _test_dump_weights(model, rank)
 
     result = StageResult(out, params, saver.history, saver.best or {}, saver.final or {},

@@ -58,7 +58,7 @@ class Predictor:
         self.mean, self.std = self.run.mean, self.run.std
         self.topk = min(topk, len(self.class_names))
         self.batch_size = batch_size
-        self._transform = EvalTransform(self.mean, self.std)
+        self._transform = EvalTransform(self.mean, self.std, self.img_size)  # resizes, as in evaluation
 
     # -- inputs ------------------------------------------------------------------
     @staticmethod
@@ -91,9 +91,7 @@ class Predictor:
 
     def preprocess(self, image: Any) -> np.ndarray:
         """One image (any accepted form) as the model's float32 3 x H x W input."""
-        from .data.arrays import resize_image
-
-        return self._transform(resize_image(self.to_rgb(image), self.img_size))
+        return self._transform(self.to_rgb(image))
 
     # -- outputs -----------------------------------------------------------------
     def probabilities(self, images: Sequence[Any]) -> np.ndarray:
@@ -239,7 +237,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def main() -> int:
-        from .data.folder import decode_image
+        from .data.folder import decode_image, first_paths
         from .run_loading import describe
 
         if args.topk < 1:
@@ -264,12 +262,11 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                 else:
                     print(format_result(str(path), result), flush=True)
         if skipped and len(skipped) < len(files):
-            shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-            print(f"warning: skipped {len(skipped)} unreadable image file(s) of {len(files)}: {shown}",
+            print(f"warning: skipped {len(skipped)} unreadable image file(s) of {len(files)}: {first_paths(skipped)}",
                   file=sys.stderr)
         if len(skipped) == len(files):  # the error alone says it
             raise DataError(f"none of the {len(files)} image file(s) could be read as an image "
-                            f"({', '.join(str(p) for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''}); "
+                            f"({first_paths(skipped)}); "
                             f"pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}) that open in an image viewer")
         if args.json:
             json.dump(results, sys.stdout, indent=2)

@@ -36,7 +36,6 @@ the run continues an epoch part-way; everything else is in the checkpoint.
 """
 from __future__ import annotations
 
-import copy
 import pickle
 import random
 import signal
@@ -51,7 +50,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import paddle
 
-from .config import Config, _merge
+from .checkpoint import load_failure
+from .config import Config, config_from_dict
 from .errors import CheckpointError, ConfigError, PPAdaptError
 
 RESUME_FILE = "resume.pdckpt"
@@ -129,10 +129,8 @@ def load_checkpoint(path: Path, stage: str | None = None) -> dict:
     try:
         state = paddle.load(str(path), return_numpy=True)
     except Exception as exc:  # Paddle raises many types for a bad file
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        reason = reason.replace(f":{path}", "").replace(str(path), "the file")
         raise CheckpointError(f"resume checkpoint {path} cannot be read: truncated, corrupt or not a "
-                              f"Paddle file ({type(exc).__name__}: {reason}); resume from another run "
+                              f"Paddle file ({load_failure(exc, path)}); resume from another run "
                               "directory, or start the run again without --resume") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a resumable checkpoint: pass the run directory or its {RESUME_FILE} "
@@ -144,16 +142,6 @@ def load_checkpoint(path: Path, stage: str | None = None) -> dict:
         raise CheckpointError(f"{path} is a {state.get('stage')} checkpoint: resume it with "
                               f"{TOOLS.get(state.get('stage'), 'the other tool')}")
     return state
-
-
-def config_from_dict(data: dict) -> Config:
-    """A :class:`Config` from ``Config.to_dict()`` (as a checkpoint stores it)."""
-    data = copy.deepcopy(data)
-    method = data.pop("method", None) or {}
-    data["method"] = {"name": method.get("name", "full"), **(method.get("options") or {})}
-    cfg = Config()
-    _merge(cfg, data, prefix="", source="checkpoint config")
-    return cfg
 
 
 def flat_config(data: dict) -> dict[str, Any]:
@@ -213,7 +201,7 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
     path = find_checkpoint(target, run_dir(cfg, stage))
     state = load_checkpoint(path, stage)
     try:
-        saved = config_from_dict(state["config"])
+        saved = config_from_dict(state["config"], source="checkpoint config")
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} holds a config this ppadapt cannot read ({exc})") from None
     mine, theirs = flat_config(cfg.to_dict()), flat_config(saved.to_dict())

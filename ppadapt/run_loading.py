@@ -96,27 +96,14 @@ def read_record(run_dir: Path) -> dict:
     return record
 
 
-def config_from_dict(data: dict):
-    """A :class:`~ppadapt.config.Config` from ``Config.to_dict()`` output (run.json's ``config``).
+def config_from_record(data: Any):
+    """The :class:`~ppadapt.config.Config` recorded in run.json, validated; a record from
+    another version of ppadapt fails with the offending key named."""
+    from .config import config_from_dict, validate
 
-    Every key is checked as a YAML config's is, so a record from another version
-    of ppadapt fails with the offending key named.
-    """
-    from . import config as config_module
-
-    if not isinstance(data, dict):
-        raise CheckpointError(f"run.json's config must be a mapping, got {type(data).__name__}")
-    data = dict(data)
-    method = data.pop("method", None) or {}
-    cfg = config_module.Config()
     try:
-        # ``method.options`` is free-form (checked against the method by validate), the rest typed.
-        config_module._merge(cfg, data, prefix="", source="run.json")
-        if not isinstance(method, dict):
-            raise ConfigError(f"run.json: method must be a mapping, got {method!r}")
-        cfg.method = config_module.MethodSection(name=str(method.get("name", "full")),
-                                                 options=dict(method.get("options") or {}))
-        config_module.validate(cfg)
+        cfg = config_from_dict(data, source="run.json")
+        validate(cfg)
     except ConfigError as exc:
         raise CheckpointError(f"the run's recorded config cannot be rebuilt by this ppadapt ({exc})") from None
     return cfg
@@ -159,7 +146,7 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
 
     run_dir, weights_file = resolve_checkpoint(checkpoint, weights)
     record = read_record(run_dir)
-    cfg = config_from_dict(record["config"])
+    cfg = config_from_record(record["config"])
     model, method, stage = build_run_model(cfg, record)
     state = load_state_dict(str(weights_file))
     if META_KEY in state:
@@ -196,5 +183,5 @@ def describe(run: LoadedRun) -> str:
             f"width {m.embed_dim}, depth {m.depth}; {run.num_classes} classes)")
 
 
-__all__ = ["LoadedRun", "WEIGHTS", "build_run_model", "config_from_dict", "describe", "load_run",
+__all__ = ["LoadedRun", "WEIGHTS", "build_run_model", "config_from_record", "describe", "load_run",
            "read_record", "resolve_checkpoint"]

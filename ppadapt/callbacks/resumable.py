@@ -104,7 +104,7 @@ class TrainingGuard(paddle.callbacks.Callback):
 
     def __init__(self, path: str | Path, capture: Callable[..., dict], *, epochs: int, steps_per_epoch: int,
                  stop: StopRequest, resume_hint: str, start_epoch: int = 0, skip: int = 0, nranks: int = 1,
-                 is_main: bool = True, last_saved: str | None = None, after_eval: bool = True) -> None:
+                 is_main: bool = True, after_eval: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
         self.capture = capture
@@ -117,7 +117,8 @@ class TrainingGuard(paddle.callbacks.Callback):
         self.nranks = nranks
         self.is_main = is_main
         self.after_eval = after_eval
-        self.last_saved = last_saved  # description of the last good checkpoint, for messages
+        # where the last good checkpoint is, for messages: a resumed run starts at one
+        self.last_saved = self._position(start_epoch, skip) if (start_epoch or skip) else None
         self.epoch = start_epoch  # current epoch (0-based, whole run)
         self.batch = skip  # batches of the current epoch done
         self._first = True
@@ -140,6 +141,12 @@ class TrainingGuard(paddle.callbacks.Callback):
         paddle.distributed.all_reduce(values, op=paddle.distributed.ReduceOp.MAX)
         return [bool(v > 0) for v in values.numpy().tolist()]
 
+    def _position(self, epoch: int, batch: int) -> str:
+        """A checkpoint's place in the run: ``batch`` batches into epoch ``epoch`` (0-based)."""
+        if batch == 0:
+            return f"end of epoch {epoch}/{self.epochs}"
+        return f"epoch {epoch + 1}/{self.epochs}, batch {batch}/{self.steps_per_epoch}"
+
     def _kept(self) -> str:
         if self.last_saved:
             return f"the last good resumable checkpoint is {self.path} ({self.last_saved})"
@@ -161,8 +168,7 @@ class TrainingGuard(paddle.callbacks.Callback):
                             str(self.path))
             except CheckpointWriteError as exc:
                 raise self.save_failed(exc) from None
-        self.last_saved = (f"end of epoch {epoch}/{self.epochs}" if batch == 0
-                           else f"epoch {epoch + 1}/{self.epochs}, batch {batch}/{self.steps_per_epoch}")
+        self.last_saved = self._position(epoch, batch)
 
     def _check_weights(self, when: str) -> None:
         name = non_finite_weight(self.model.network)

@@ -61,7 +61,7 @@ def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
     skipped: list[Path] = []
     arrays = {split: _decode_all(items, img_size, skipped) for split, items in files.items()}
     if skipped:
-        shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        shown = first_paths(skipped)
         total = sum(len(items) for items in files.values())
         warnings.warn(f"skipped {len(skipped)} unreadable image file(s) of {total} in {root}: {shown} "
                       "(not decodable as images; the run goes on without them)", PPAdaptWarning, stacklevel=2)
@@ -102,6 +102,11 @@ def _decode_all(items: list[tuple[Path, int]], img_size: int,
         labels[count] = label
         count += 1
     return images[:count], labels[:count]
+
+
+def first_paths(paths: list[Path], limit: int = 3) -> str:
+    """``"a.png, b.png, c.png, ..."``: the files a skip warning or error names."""
+    return ", ".join(str(p) for p in paths[:limit]) + (", ..." if len(paths) > limit else "")
 
 
 def decode_image(path: Path) -> np.ndarray | None:
