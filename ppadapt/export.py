@@ -1,4 +1,4 @@
-"""`python ppadapt/export.py --help`: see :mod:`ppadapt.exporting`."""
+"""`python ppadapt/export.py --help`: see :mod:`ppadapt.apps.export`."""
 import os
 import sys
 
@@ -9,7 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from ppadapt.exporting import export_main  # noqa: E402
+from ppadapt.apps.export import export_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(export_main())

@@ -1,4 +1,4 @@
-"""`python ppadapt/predict.py --help`: see :mod:`ppadapt.predictor`."""
+"""`python ppadapt/predict.py --help`: see :mod:`ppadapt.apps.predict`."""
 import os
 import sys
 
@@ -9,7 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from ppadapt.predictor import predict_main  # noqa: E402
+from ppadapt.apps.predict import predict_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(predict_main())

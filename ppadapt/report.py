@@ -1,4 +1,4 @@
-"""`python ppadapt/report.py --help`: compare finished runs, see :mod:`ppadapt.reporting`."""
+"""`python ppadapt/report.py --help`: compare finished runs, see :mod:`ppadapt.apps.report`."""
 import os
 import sys
 
@@ -9,7 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from ppadapt.reporting import report_main  # noqa: E402
+from ppadapt.apps.report import report_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(report_main())

@@ -1,4 +1,4 @@
-"""`python ppadapt/train.py --help`: see :mod:`ppadapt.cli`."""
+"""`python ppadapt/train.py --help`: see :mod:`ppadapt.apps.cli`."""
 import os
 import sys
 
@@ -9,7 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from ppadapt.cli import train_main  # noqa: E402
+from ppadapt.apps.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(train_main())

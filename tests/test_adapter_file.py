@@ -3,9 +3,9 @@ import numpy as np
 import paddle
 import pytest
 
-from ppadapt.adapter_file import load_adapter, read_adapter, save_adapter
+from ppadapt.runs.adapter_file import load_adapter, read_adapter, save_adapter
 from ppadapt.errors import CheckpointError
-from ppadapt.freeze import set_trainable
+from ppadapt.methods.trainable import set_trainable
 from ppadapt.methods import get_method
 
 from tiny import tiny_vit

@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ppadapt.freeze import count_parameters
+from ppadapt.methods.trainable import count_parameters
 from ppadapt.methods import Adapter, AdaptFormerConfig, apply_adaptformer, is_adapter_parameter
 from ppadapt.models import VisionTransformer, ViTConfig
 
@@ -116,6 +116,6 @@ def test_tutorial_vit_b_has_86_316_400_parameters_as_paddle_summary_printed():
     assert count_parameters(model).total == 86_316_400 + 101 * 768 + 768
     # After transfer to CIFAR-10 with the backbone frozen: branches (incl. scales) + head.
     model.reset_head(10)
-    from ppadapt.freeze import set_trainable
+    from ppadapt.methods.trainable import set_trainable
     set_trainable(model, lambda n: is_adapter_parameter(n) or n.startswith("head."))
     assert str(count_parameters(model)) == "trainable parameters: 1,197,334 of 86,325,526 (1.39%), 4.57 MiB; 1,189,644 without the head"

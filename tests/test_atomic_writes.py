@@ -27,12 +27,12 @@ import pytest
 from tiny import tiny_vit
 
 from cifar_archive import write_cifar_archive
-from ppadapt import checkpoint as ckpt
-from ppadapt.adapter_file import read_adapter, save_adapter
-from ppadapt.checkpoint import atomic_save, atomic_write_json, load_state_dict
-from ppadapt.cli import transfer_main
+from ppadapt.runs import checkpoint as ckpt
+from ppadapt.runs.adapter_file import read_adapter, save_adapter
+from ppadapt.runs.checkpoint import atomic_save, atomic_write_json, load_state_dict
+from ppadapt.apps.cli import transfer_main
 from ppadapt.errors import CheckpointError, CheckpointWriteError
-from ppadapt.resume import load_checkpoint
+from ppadapt.training.resume import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ WRITER = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
 import ppadapt, paddle
-from ppadapt.checkpoint import atomic_save
+from ppadapt.runs.checkpoint import atomic_save
 
 sys.stdin.readline()  # go
 version = 0

@@ -1,4 +1,4 @@
-"""``ppadapt/bench.py`` and ``ppadapt.flops`` on tiny models: fields and sanity, never timings
+"""``ppadapt/bench.py`` and ``ppadapt.apps.bench.flops`` on tiny models: fields and sanity, never timings
 (beyond being positive), FLOPs against a count written out by hand."""
 import json
 import os
@@ -12,13 +12,14 @@ import pytest
 from cifar_archive import write_cifar_archive
 from tiny import tiny_vit
 
-from ppadapt.benchmark import (benchmark, build_parser, gemm_gflops, main, optimizer_state_bytes, run,
+from ppadapt.apps.bench.benchmark import (benchmark, build_parser, gemm_gflops, main, optimizer_state_bytes, run,
                                split_method_options, summarize)
 from ppadapt.config import load_config
-from ppadapt.engine import apply_transfer_method, build_model, make_optimizer
+from ppadapt.methods.build import apply_transfer_method, build_model
+from ppadapt.training.engine import make_optimizer
 from ppadapt.errors import ConfigError
-from ppadapt.flops import train_step_flops
-from ppadapt.freeze import count_parameters, set_trainable
+from ppadapt.apps.bench.flops import train_step_flops
+from ppadapt.methods.trainable import count_parameters, set_trainable
 from ppadapt.methods import get_method
 
 REPO = Path(__file__).resolve().parent.parent

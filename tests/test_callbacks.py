@@ -7,9 +7,9 @@ import pytest
 from tiny import RandomImages, tiny_model
 from visualdl import LogReader
 
-from ppadapt.callbacks import (VisualDLLogger, WarmupEpochCosine, WarmupStepCosine,
+from ppadapt.training.callbacks import (VisualDLLogger, WarmupEpochCosine, WarmupStepCosine,
                                warmup_epoch_cosine_lr, warmup_step_cosine_lr)
-from ppadapt.freeze import ParamCount, count_parameters
+from ppadapt.methods.trainable import ParamCount, count_parameters
 
 # 10 samples in batches of 4: 3 steps per epoch (the last one of 2 samples).
 TRAIN_N, EVAL_N, BATCH, STEPS_PER_EPOCH = 10, 7, 4, 3

@@ -7,8 +7,8 @@ import paddle
 import pytest
 from tiny import RandomImages, tiny_model, tiny_vit
 
-from ppadapt.callbacks import BestAndFinalCheckpoint
-from ppadapt.checkpoint import atomic_save, atomic_write_json, load_state_dict, load_weights
+from ppadapt.training.callbacks import BestAndFinalCheckpoint
+from ppadapt.runs.checkpoint import atomic_save, atomic_write_json, load_state_dict, load_weights
 from ppadapt.errors import CheckpointError
 from ppadapt.methods import apply_adaptformer, is_adapter_parameter
 
@@ -244,7 +244,7 @@ def test_best_and_final_checkpoint_synthetic_run(tmp_path):
 
 def test_best_checkpoint_is_rewritten_only_on_improvement(tmp_path, monkeypatch):
     saved = []
-    import ppadapt.callbacks.checkpoint as module
+    import ppadapt.training.callbacks.best_final as module
 
     real = module.atomic_save
     monkeypatch.setattr(module, "atomic_save", lambda obj, path: (saved.append(os.path.basename(path)),

@@ -174,7 +174,7 @@ def test_folder_without_images(tmp_path):
 def test_offline_download_failure_says_pass_data_file(monkeypatch, capsys):
     from paddle.dataset import common
 
-    from ppadapt.cli import train_main
+    from ppadapt.apps.cli import train_main
 
     def offline(*args, **kwargs):
         raise RuntimeError("Cannot download https://example.invalid/cifar-100-python.tar.gz")

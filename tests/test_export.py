@@ -16,9 +16,9 @@ import yaml
 
 from cifar_archive import CIFAR10_NAMES, write_cifar_archive
 from ppadapt.config import CONFIG_DIR, load_config
-from ppadapt.exporting import export_main, export_model, run_inference
-from ppadapt.predictor import Predictor
-from ppadapt.run_loading import load_run
+from ppadapt.apps.export import export_main, export_model, run_inference
+from ppadapt.apps.predict import Predictor
+from ppadapt.runs.loading import load_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.embed_dim=16", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "adapter.bottleneck=4",
@@ -32,7 +32,7 @@ METHODS = {"full": [], "adaptformer": ["transfer.freeze=true"], "lora": ["method
 def runs(tmp_path_factory):
     """One tiny real transfer per method (configs/cpu.yaml shrunk; ~0.1 s each), and test images."""
     from ppadapt.data import build_datasets
-    from ppadapt.engine import run_stage
+    from ppadapt.training.engine import run_stage
 
     root = tmp_path_factory.mktemp("export")
     archive = write_cifar_archive(root / "cifar-10-python.tar.gz", "cifar10", train_per_class=8, test_per_class=2)

@@ -1,7 +1,7 @@
 """The CPU speed work must not change results.
 
 ``ppadapt.models.fast_layers`` replaces the backward of Linear and LayerNorm, and
-``ppadapt.runtime`` turns Paddle's stride kernels off and tunes malloc. These
+``ppadapt.utils.runtime`` turns Paddle's stride kernels off and tunes malloc. These
 tests compare each against Paddle's own path: gradients to float tolerance, and
 the loss trajectory of real ``paddle.Model`` training steps.
 """
@@ -19,7 +19,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from ppadapt.freeze import set_trainable
+from ppadapt.methods.trainable import set_trainable
 from ppadapt.methods import get_method
 from ppadapt.models import fast_layers
 from ppadapt.models.fast_layers import LayerNorm, Linear

@@ -4,8 +4,8 @@ import paddle
 import pytest
 from paddle.static import InputSpec
 
-from ppadapt.engine import apply_freezing
-from ppadapt.freeze import count_parameters, set_trainable, trainable_parameters
+from ppadapt.methods.build import apply_freezing
+from ppadapt.methods.trainable import count_parameters, set_trainable, trainable_parameters
 from ppadapt.methods import AdaptFormerConfig, apply_adaptformer
 from ppadapt.models import VisionTransformer, ViTConfig
 

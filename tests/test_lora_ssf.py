@@ -5,7 +5,7 @@ import paddle
 import pytest
 from paddle.static import InputSpec
 
-from ppadapt.freeze import count_parameters, set_trainable, trainable_parameters
+from ppadapt.methods.trainable import count_parameters, set_trainable, trainable_parameters
 from ppadapt.methods.lora import LoRAConfig, apply_lora, is_lora_parameter, merge_lora
 from ppadapt.methods.ssf import SSFConfig, apply_ssf, is_ssf_parameter, merge_ssf
 from ppadapt.models import VisionTransformer, ViTConfig

@@ -2,7 +2,7 @@
 import paddle
 import pytest
 
-from ppadapt.freeze import set_trainable
+from ppadapt.methods.trainable import set_trainable
 from ppadapt.methods import METHODS, get_method, list_methods
 from ppadapt.models import VisionTransformer, ViTConfig
 

@@ -4,7 +4,7 @@ import paddle
 import pytest
 from paddle.static import InputSpec
 
-from ppadapt.freeze import set_trainable, trainable_parameters
+from ppadapt.methods.trainable import set_trainable, trainable_parameters
 from ppadapt.methods.bitfit import BitFitConfig, apply_bitfit, is_bitfit_parameter
 from ppadapt.methods.houlsby import HoulsbyConfig, apply_houlsby, is_houlsby_parameter
 from ppadapt.methods.vpt import VPTConfig, apply_vpt, is_vpt_parameter

@@ -80,8 +80,8 @@ def test_nan_after_good_epochs_keeps_the_last_good_checkpoint(archive, tmp_path)
 def test_non_finite_weights_at_epoch_end_are_never_saved(tmp_path):
     """A last batch whose update overflows the weights (its own loss still finite) is
     caught before the epoch's checkpoint."""
-    from ppadapt.callbacks import TrainingGuard
-    from ppadapt.resume import StopRequest, TrainingError
+    from ppadapt.training.callbacks import TrainingGuard
+    from ppadapt.training.resume import StopRequest, TrainingError
 
     saved = []
 

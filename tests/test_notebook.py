@@ -31,7 +31,7 @@ TINY_OVERRIDES = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "m
 OFFLINE = """\
 import urllib.error
 from pathlib import Path
-import ppadapt.pretrained as _pretrained
+import ppadapt.runs.pretrained as _pretrained
 _pretrained.WEIGHTS_HOME = Path({home!r}) / "paddleclas"
 _pretrained.PADDLE_WEIGHTS_HOME = Path({home!r}) / "paddle"
 def _offline_fetch(url, dest):

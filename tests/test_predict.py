@@ -14,7 +14,7 @@ import ppadapt
 from cifar_archive import CIFAR10_NAMES, write_cifar_archive
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.errors import CheckpointError, DataError
-from ppadapt.predictor import Predictor, expand_images, predict_main
+from ppadapt.apps.predict import Predictor, expand_images, predict_main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.patch_size=8", "adapter.bottleneck=4",
@@ -24,7 +24,7 @@ TRANSFER_CLASSES = list(CIFAR10_NAMES[5:])  # configs/cpu.yaml transfers to clas
 
 def tiny_run(out: Path, archive: Path, stage: str = "transfer", *extra: str) -> Path:
     """A real run of configs/cpu.yaml shrunk to seconds (in-process); returns its directory."""
-    from ppadapt.engine import run_stage
+    from ppadapt.training.engine import run_stage
 
     cfg = load_config(CONFIG_DIR / "cpu.yaml", TINY + [f"{stage}.data_file={archive}", "epochs=3", *extra],
                       stage=stage)

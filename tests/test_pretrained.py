@@ -13,16 +13,16 @@ from PIL import Image
 from paddleclas.ppcls.arch.backbone.model_zoo import vision_transformer as clas_vt
 
 from cifar_archive import write_cifar_archive
-from ppadapt import pretrained
-from ppadapt.cli import _use_backbone, transfer_main
+from ppadapt.runs import pretrained
+from ppadapt.apps.cli import _use_backbone, transfer_main
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.data import build_datasets
-from ppadapt.engine import load_pretrained
+from ppadapt.runs.pretrained import load_pretrained
 from ppadapt.errors import CheckpointError
 from ppadapt.methods import AdaptFormerConfig, apply_adaptformer
 from ppadapt.models import VisionTransformer, ViTConfig
 from ppadapt.models.paddleclas_archs import PADDLECLAS_URLS, PADDLECLAS_VITS, paddleclas_vit_config
-from ppadapt.pretrained import (adapt_state_dict, paddleclas_weights, pretrained_normalization, resample_patch_embed,
+from ppadapt.runs.pretrained import (adapt_state_dict, paddleclas_weights, pretrained_normalization, resample_patch_embed,
                                 resample_pos_embed, resize_matrix)
 
 REPO = Path(__file__).resolve().parent.parent

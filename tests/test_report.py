@@ -13,7 +13,7 @@ from visualdl import LogWriter
 
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.errors import ConfigError, DataError
-from ppadapt.reporting import (PPT_NOTE, csv_table, find_runs, human_size, load_run, markdown_table,
+from ppadapt.apps.report import (PPT_NOTE, csv_table, find_runs, human_size, load_run, markdown_table,
                                plot_curves, ppt, report, select_runs)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def write_run(run_dir: Path, *, stage="transfer", method="lora", params=None, be
 def runs(tmp_path_factory):
     """output/ with one real tiny AdaptFormer transfer on digits (~3 s) and three
     hand-written runs: a LoRA run, an older frozen record, an unfinished pretraining."""
-    from ppadapt.engine import run_stage
+    from ppadapt.training.engine import run_stage
 
     out = tmp_path_factory.mktemp("report") / "output"
     cfg = load_config(CONFIG_DIR / "digits.yaml",

@@ -101,7 +101,7 @@ def test_sigkill_in_epoch_3_then_resume_is_bit_identical(archive, reference, tmp
     assert_bit_identical(weights(reference, "best.pdparams"), weights(run_dir, "best.pdparams"))
     assert history(run_dir) == history(reference)  # same run.json history, epochs 0..3
 
-    from ppadapt.vdl import read_scalars  # what VisualDL shows: the newest log of the directory
+    from ppadapt.apps.vdl import read_scalars  # what VisualDL shows: the newest log of the directory
     ref_vdl, vdl = read_scalars(reference / "vdl"), read_scalars(run_dir / "vdl")
     assert vdl == ref_vdl and vdl["train/loss"][0] == list(range(1, 17)) and vdl["eval/acc_top1"][0] == [0, 1, 2, 3]
 
@@ -128,7 +128,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(archive, reference, tmp_path
 
 
 def test_resume_of_a_finished_run_has_nothing_to_do(reference, capsys):
-    from ppadapt.cli import train_main
+    from ppadapt.apps.cli import train_main
 
     before = (reference / "final.pdparams").read_bytes()
     assert train_main(["--resume", str(reference), "--quiet"]) == 0
@@ -138,7 +138,7 @@ def test_resume_of_a_finished_run_has_nothing_to_do(reference, capsys):
 
 
 def test_resume_refuses_a_changed_setting_and_a_missing_checkpoint(reference, archive, tmp_path, capsys):
-    from ppadapt.cli import train_main
+    from ppadapt.apps.cli import train_main
 
     assert train_main(["--resume", str(reference), "--epochs", "6"]) == 2
     err = capsys.readouterr().err.strip()
@@ -152,13 +152,13 @@ def test_resume_refuses_a_changed_setting_and_a_missing_checkpoint(reference, ar
     assert capsys.readouterr().err.startswith(f"error: resume checkpoint {archive} cannot be read: ")
     assert train_main(["--resume", str(reference / "final.pdparams")]) == 2  # weights only
     assert "is not a resumable checkpoint" in capsys.readouterr().err
-    from ppadapt.cli import transfer_main
+    from ppadapt.apps.cli import transfer_main
     assert transfer_main(["--resume", str(reference)]) == 2
     assert capsys.readouterr().err.strip().endswith("is a pretrain checkpoint: resume it with train.py")
 
 
 def test_unwritable_output_fails_before_training(archive, tmp_path, capsys):
-    from ppadapt.cli import train_main
+    from ppadapt.apps.cli import train_main
 
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a directory")

@@ -1,5 +1,5 @@
 """CPU settings: threads shared among launched processes, user values kept."""
-from ppadapt import runtime
+from ppadapt.utils import runtime
 
 
 def test_threads_are_shared_among_launched_processes(monkeypatch):

@@ -1,4 +1,4 @@
-"""Reading VisualDL logs back (ppadapt.vdl) and plotting runs from them."""
+"""Reading VisualDL logs back (ppadapt.apps.vdl) and plotting runs from them."""
 import os
 import time
 
@@ -6,7 +6,7 @@ import pytest
 from visualdl import LogWriter
 
 from ppadapt.errors import DataError
-from ppadapt.vdl import log_files, plot_runs, read_scalars
+from ppadapt.apps.vdl import log_files, plot_runs, read_scalars
 
 # float32-exact values: VisualDL stores scalars as float32.
 LOSS = [2.25, 1.5, 1.0, 0.75, 0.5]

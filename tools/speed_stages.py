@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
-from ppadapt import engine, runtime  # noqa: E402
+from ppadapt.methods.build import apply_transfer_method, build_model  # noqa: E402
+from ppadapt.training import engine  # noqa: E402
+from ppadapt.utils import runtime  # noqa: E402
 from ppadapt.config import load_config  # noqa: E402
 from ppadapt.models import fast_layers  # noqa: E402
 
@@ -68,8 +70,8 @@ def main() -> None:
     for method in ("full", "adaptformer"):
         cfg = load_config(os.path.join(root, "configs/cpu.yaml"), [f"method.name={method}"], stage="transfer")
         paddle.seed(0)
-        model = engine.build_model(cfg, 10)
-        engine.apply_transfer_method(model, cfg)
+        model = build_model(cfg, 10)
+        apply_transfer_method(model, cfg)
         net = paddle.Model(model)
         net.prepare(engine.make_optimizer(model, cfg, "transfer"), paddle.nn.CrossEntropyLoss(),
                     paddle.metric.Accuracy(topk=(1, 5)))

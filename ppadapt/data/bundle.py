@@ -15,6 +15,7 @@ from .folder import FOLDER_MEAN, FOLDER_STD, load_image_folder
 from .transforms import EvalTransform, TrainTransform
 
 DATASETS = ("cifar10", "cifar100", "digits", "folder")
+KNOWN_CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 5}
 
 
 @dataclass
@@ -78,3 +79,16 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
     return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
                          test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),
                          class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std))
+
+
+def class_count(cfg, stage: str) -> int:
+    """Number of classes of a stage's dataset without loading it (for ``--dry-run``)."""
+    st = cfg.stage(stage)
+    if st.classes:
+        return len(st.classes)
+    if st.dataset in KNOWN_CLASS_COUNTS:
+        return KNOWN_CLASS_COUNTS[st.dataset]
+    train = Path(st.data_dir or "") / "train"
+    if not st.data_dir or not train.is_dir():
+        raise DataError(f"image folder {train} not found (pass --data-dir DIR with DIR/train/<class>/*)")
+    return sum(1 for p in train.iterdir() if p.is_dir())

@@ -3,7 +3,7 @@
 BitFit trains only the bias terms of the backbone (plus the new head). Nothing
 is injected, so :func:`apply_bitfit` only validates and records the choice; the
 method lives entirely in :func:`is_bitfit_parameter`, which is meant for
-:func:`ppadapt.freeze.set_trainable`.
+:func:`ppadapt.methods.trainable.set_trainable`.
 
 "Every bias" means every parameter whose name ends in ``.bias``: the patch
 embedding convolution, each block's qkv / attention projection / fc1 / fc2

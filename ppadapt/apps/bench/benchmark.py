@@ -1,8 +1,8 @@
 """Speed, memory and FLOPs of the tuning methods, measured in one process.
 
 ``python ppadapt/bench.py`` builds each method's model exactly as ``transfer.py``
-does (:func:`ppadapt.engine.build_model`, :func:`~ppadapt.engine.apply_transfer_method`,
-:func:`~ppadapt.engine.make_optimizer`, fixed seed) and times the path training
+does (:func:`ppadapt.methods.build.build_model`, :func:`~ppadapt.methods.build.apply_transfer_method`,
+:func:`~ppadapt.training.engine.make_optimizer`, fixed seed) and times the path training
 takes: ``paddle.Model.prepare(optimizer, CrossEntropyLoss, Accuracy)`` then
 ``train_batch`` (forward, backward, optimizer step, metrics) per step and
 ``predict_batch`` for inference. So any speed work on the model or the methods
@@ -30,7 +30,7 @@ How it measures, and why:
   Without ``/proc`` it falls back on ``getrusage`` (process-wide, never reset)
   and says so. In interleaved order the earlier methods' models stay alive,
   so compare the increases, not the absolute peaks.
-* **FLOPs.** :func:`ppadapt.flops.train_step_flops`: matmul FLOPs of forward +
+* **FLOPs.** :func:`ppadapt.apps.bench.flops.train_step_flops`: matmul FLOPs of forward +
   backward counted from one real forward on the benchmark batch, an
   approximation that ignores element-wise work. Achieved GFLOP/s is those FLOPs
   over the median step time; the share is that over the machine's fp32
@@ -57,8 +57,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import CONFIG_DIR, Config, load_config, validate
-from .errors import ConfigError, DataError, PPAdaptError
+from ...config import CONFIG_DIR, Config, load_config, validate
+from ...errors import ConfigError, DataError, PPAdaptError
 
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.yaml"
 DEFAULT_METHODS = ("full", "adaptformer")
@@ -308,7 +308,7 @@ def real_batches(cfg: Config, data_file: str, batch_size: int, count: int) -> tu
     loading is timed here, once, and every method then trains on the same batches.
     """
     import paddle
-    from .data import build_datasets
+    from ...data import build_datasets
     st = cfg.transfer
     if st.dataset not in ("cifar10", "cifar100"):
         raise ConfigError(f"--data-file needs transfer.dataset cifar10 or cifar100, got {st.dataset!r} "
@@ -361,9 +361,10 @@ class _Runner:
         import paddle
         from paddle.static import InputSpec
 
-        from .engine import apply_transfer_method, build_model, make_optimizer, seed_everything
+        from ...methods.build import apply_transfer_method, build_model
+        from ...training.engine import make_optimizer, seed_everything
         from .flops import train_step_flops
-        from .freeze import count_parameters
+        from ...methods.trainable import count_parameters
 
         cfg = self.cfg
         self.probe.reset()
@@ -452,7 +453,7 @@ def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = N
     training round (interleaved) or after each method (sequential), e.g. to sample
     the GEMM rate under the same load.
     """
-    from .methods import get_method
+    from ...methods import get_method
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
@@ -637,7 +638,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_methods(text: str) -> list[str]:
     """``"full,adaptformer"`` -> ``["full", "adaptformer"]`` (checked names, order kept)."""
-    from .methods import get_method
+    from ...methods import get_method
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise ConfigError("--methods is empty; e.g. --methods full,adaptformer")
@@ -655,8 +656,8 @@ def parse_methods(text: str) -> list[str]:
 def split_method_options(overrides: list[str], methods: Sequence[str]) -> tuple[list[str], dict[str, dict]]:
     """Separate ``-o method.KEY=VALUE`` from the other overrides and give each option
     to every benchmarked method that has it (e.g. ``method.rank`` to ``lora``)."""
-    from .config import _parse_scalar
-    from .methods import get_method
+    from ...config import _parse_scalar
+    from ...methods import get_method
     base, options = [], {m: {} for m in methods}
     for item in overrides:
         key, sep, raw = item.partition("=")

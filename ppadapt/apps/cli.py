@@ -10,8 +10,8 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from .config import CONFIG_DIR, Config, load_config, set_value, validate
-from .errors import PPAdaptError, PPAdaptWarning
+from ..config import CONFIG_DIR, Config, load_config, set_value, validate
+from ..errors import PPAdaptError, PPAdaptWarning
 
 DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
 
@@ -54,7 +54,7 @@ def _explicit_keys(args: argparse.Namespace, stage: str) -> list[str]:
     name stands for all its keys. ``--resume`` checks them against the checkpoint's."""
     import dataclasses
 
-    from .config import Config
+    from ..config import Config
 
     keys = [f"{stage}.{name}" for name in ("dataset", "data_file", "data_dir", "epochs", "batch_size", "lr")
             if getattr(args, name, None) is not None]
@@ -78,7 +78,7 @@ def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
     """``--resume``: the checkpoint and the config to continue with, or None."""
     if args.resume is None:
         return None
-    from .resume import prepare_resume
+    from ..training.resume import prepare_resume
     return prepare_resume(cfg, stage, args.resume, _explicit_keys(args, stage))
 
 
@@ -103,7 +103,7 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
 
 
 def _run(main: Callable[[], int]) -> int:
-    from .resume import TrainingInterrupted
+    from ..training.resume import TrainingInterrupted
 
     try:
         with warnings.catch_warnings():
@@ -143,10 +143,10 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
     """
     import dataclasses
 
-    from .config import _parse_scalar
-    from .errors import ConfigError
-    from .models.paddleclas_archs import paddleclas_vit_config
-    from .pretrained import paddleclas_ref
+    from ..config import _parse_scalar
+    from ..errors import ConfigError
+    from ..models.paddleclas_archs import paddleclas_vit_config
+    from ..runs.pretrained import paddleclas_ref
 
     try:
         arch = paddleclas_vit_config(name)
@@ -173,7 +173,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def main() -> int:
-        from .engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
+        from ..training.engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
         cfg = _load(args, "pretrain", args.dataset)
         run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"))
         return 0
@@ -210,7 +210,7 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         if args.list_methods:
-            from .methods import list_methods
+            from ..methods import list_methods
             print(list_methods())
             return 0
         extra = []
@@ -227,13 +227,14 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
         if args.backbone is not None:
             _use_backbone(cfg, args.backbone, args.override)
         if args.dry_run:
-            from .engine import apply_transfer_method, build_model, class_count
-            from .freeze import count_parameters
+            from ..data.bundle import class_count
+            from ..methods.build import apply_transfer_method, build_model
+            from ..methods.trainable import count_parameters
             model = build_model(cfg, class_count(cfg, "transfer"))
             apply_transfer_method(model, cfg)
             print(count_parameters(model))
             return 0
-        from .engine import run_stage
+        from ..training.engine import run_stage
         run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"))
         return 0
     return _run(main)

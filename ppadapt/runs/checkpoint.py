@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import paddle
 
-from .errors import CheckpointError, CheckpointWriteError
+from ..errors import CheckpointError, CheckpointWriteError
 
 _SHOWN = 4  # names listed per kind of mismatch before "and N more"
 _INTACT = "pass an intact .pdparams (copy it again, or re-run the training that wrote it)"

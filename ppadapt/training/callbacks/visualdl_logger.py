@@ -35,7 +35,7 @@ from pathlib import Path
 
 import paddle
 
-from ..freeze import ParamCount, count_parameters
+from ...methods.trainable import ParamCount, count_parameters
 
 
 def _first(value) -> float | None:

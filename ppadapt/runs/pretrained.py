@@ -11,12 +11,12 @@
   :class:`CheckpointError` line that says to pass ``--pretrained PATH``; Paddle's own
   downloader would retry three times with a log line each, then fail with no cause.
 * **Fit**: :func:`adapt_state_dict` is the checkpoint filter applied by
-  :func:`ppadapt.engine.load_pretrained`: a position embedding for another patch
+  :func:`load_pretrained`: a position embedding for another patch
   grid (other image size, or other patch size) is resampled bicubically over the
   grid with the class token kept, as timm's ``resample_abs_pos_embed``; a patch
   embedding kernel of another patch size is resampled by FlexiViT's pseudo-inverse
   resize, as timm's ``resample_patch_embed``. Everything else must match exactly
-  (:func:`ppadapt.checkpoint.load_weights` lists what does not).
+  (:func:`ppadapt.runs.checkpoint.load_weights` lists what does not).
 * **Images**: :func:`pretrained_normalization` gives the mean/std the weights were
   trained with: PaddleClas's ViTs use mean = std = 0.5 per channel; a checkpoint
   written by a ppadapt run uses what its ``run.json`` recorded.
@@ -37,12 +37,20 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
-from .models.paddleclas_archs import paddleclas_weights_url
+from ..errors import CheckpointError, ConfigError
+from ..methods.adaptformer import is_adapter_parameter
+from ..models.paddleclas_archs import paddleclas_weights_url
+from .checkpoint import load_state_dict, load_weights
+from .layout import default_pretrained
+
+if TYPE_CHECKING:
+    import paddle
+
+    from ..config import Config
 
 PADDLECLAS_MEAN = (0.5, 0.5, 0.5)
 PADDLECLAS_STD = (0.5, 0.5, 0.5)
@@ -271,7 +279,7 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
 
     Only these two tensors are touched, and only when their width (and channels)
     match the model's; any other difference is left for
-    :func:`ppadapt.checkpoint.load_weights` to report. Returns the new dict (the
+    :func:`ppadapt.runs.checkpoint.load_weights` to report. Returns the new dict (the
     input is not modified) and one note per resampled tensor, for the log.
     """
     own = model.state_dict()
@@ -291,3 +299,34 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
             notes.append(f"resampled {POS_EMBED} from a {old_grid}x{old_grid} to a {new_grid}x{new_grid} "
                          "patch grid (bicubic, class token kept)")
     return out, notes
+
+
+def load_pretrained(model: paddle.nn.Layer, path: str | Path,
+                    log: Callable[[str], None] | None = None) -> list[str]:
+    """Load a backbone checkpoint for transfer: the head is always new, and the
+    AdaptFormer branches may be absent (e.g. a PaddleClas ViT); anything else must match,
+    after the position embedding and patch kernel are resampled to the model's patch
+    grid and patch size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
+    state, notes = adapt_state_dict(load_state_dict(str(path)), model)
+    for note in notes:
+        (log or print)(note)
+    return load_weights(model, state, skip=lambda k: k.startswith("head."),
+                        allow_missing=is_adapter_parameter)
+
+
+def resolve_pretrained(cfg: Config, log: Callable[[str], None] = print) -> Path | None:
+    """The local file of ``transfer.pretrained``: a path, ``paddleclas:NAME`` (PaddleClas's
+    weights, cached or downloaded: :func:`ppadapt.runs.pretrained.paddleclas_weights`), ``none``
+    (None: from scratch), or unset (the pretraining run of the same config)."""
+    value = cfg.transfer.pretrained
+    if value is not None and value.lower() == "none":
+        return None
+    if is_paddleclas_ref(value):
+        return paddleclas_weights(paddleclas_name(value), log)
+    path = Path(value) if value else default_pretrained(cfg)
+    if not path.is_file():
+        how = (f"run `python ppadapt/train.py --pretrain {cfg.pretrain.dataset}"
+               f"{'' if cfg.name == 'tutorial' else ' --config <same config>'}` first, "
+               "pass --pretrained PATH, or --pretrained none to start from scratch")
+        raise CheckpointError(f"pretrained checkpoint not found: {path} ({how})")
+    return path

@@ -1,12 +1,12 @@
 """Resumable training: the checkpoint every epoch writes, and continuing from it.
 
 A run directory holds ``resume.pdckpt`` (written atomically, see
-:func:`ppadapt.checkpoint.atomic_save`, by the main process only) after every
+:func:`ppadapt.runs.checkpoint.atomic_save`, by the main process only) after every
 evaluated epoch, when Ctrl-C stops a run (at the end of the batch in progress), and
 once more when the run has finished. It is one ``paddle.save`` dict:
 
 =================  ==================================================================
-``format``         ``"ppadapt.resume"``; ``version``: 1
+``format``         ``"ppadapt.training.resume"``; ``version``: 1
 ``stage``          ``"pretrain"`` / ``"transfer"``; ``config``: the run's config dict
 ``meta``           what run.json records besides the history (class names, mean, std, ...)
 ``epochs``         total epochs of the run
@@ -19,7 +19,7 @@ once more when the run has finished. It is one ``paddle.save`` dict:
                    names), ``optimizer_lr`` and ``param_names`` (structured name ->
                    Paddle name, to map the accumulators onto a model built in another order)
 ``lr_schedule``    the LR callback's ``state_dict()`` (global step, epoch) and its last LR
-``record``         :class:`~ppadapt.callbacks.BestAndFinalCheckpoint`'s state: history,
+``record``         :class:`~ppadapt.training.callbacks.BestAndFinalCheckpoint`'s state: history,
                    best, final, and the running sums of an epoch stopped part-way
 ``metrics``        running state (``total``/``count``) of the train metrics (mid-epoch)
 ``visualdl_step``  the last train step written to VisualDL
@@ -50,12 +50,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import paddle
 
-from .checkpoint import load_failure
-from .config import Config, config_from_dict
-from .errors import CheckpointError, ConfigError, PPAdaptError
+from ..runs.checkpoint import load_failure
+from ..config import Config, config_from_dict
+from ..errors import CheckpointError, ConfigError, PPAdaptError
 
 RESUME_FILE = "resume.pdckpt"
-FORMAT = "ppadapt.resume"
+FORMAT = "ppadapt.training.resume"
 VERSION = 1
 TOOLS = {"pretrain": "train.py", "transfer": "transfer.py"}
 
@@ -196,7 +196,7 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
     explicit key whose value differs from the checkpoint's is an error, so that e.g.
     ``--resume --epochs 20`` does not silently train 10.
     """
-    from .engine import run_dir  # engine imports this module
+    from ..runs.layout import run_dir
 
     path = find_checkpoint(target, run_dir(cfg, stage))
     state = load_checkpoint(path, stage)

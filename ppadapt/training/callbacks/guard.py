@@ -10,9 +10,9 @@
     an epoch part-way.
 :class:`TrainingGuard`
     After every batch: a NaN/Inf loss stops training with a one-line
-    :class:`~ppadapt.resume.TrainingError` naming the step and the LR; Ctrl-C (see
-    :func:`ppadapt.resume.stop_on_sigint`) saves a checkpoint at the batch boundary and
-    raises :class:`~ppadapt.resume.TrainingInterrupted`. After every epoch: the trainable
+    :class:`~ppadapt.training.resume.TrainingError` naming the step and the LR; Ctrl-C (see
+    :func:`ppadapt.training.resume.stop_on_sigint`) saves a checkpoint at the batch boundary and
+    raises :class:`~ppadapt.training.resume.TrainingInterrupted`. After every epoch: the trainable
     weights are checked finite, then (after the evaluation, so the best metric is in it)
     the resumable checkpoint is written. Nothing is ever written from non-finite weights:
     the error is raised before any write, so the previous checkpoint stays.
@@ -35,9 +35,9 @@ from typing import Callable
 
 import paddle
 
-from ..checkpoint import atomic_save
-from ..data.sampler import EpochBatchSampler, derived_seed
-from ..errors import CheckpointWriteError
+from ...runs.checkpoint import atomic_save
+from ...data.sampler import EpochBatchSampler, derived_seed
+from ...errors import CheckpointWriteError
 from ..resume import (StopRequest, TrainingError, TrainingInterrupted, fmt_lr, gather_rng_states,
                       non_finite_weight, set_metric_states, set_paddle_rng)
 
@@ -99,7 +99,7 @@ class TrainingGuard(paddle.callbacks.Callback):
     """NaN guard, Ctrl-C handling and the resumable checkpoint of every epoch (see the module doc).
 
     ``capture(epoch, batch, reason, paddle_rng)`` builds the checkpoint dict
-    (:func:`ppadapt.resume.capture`); ``resume_hint`` is the command that continues the run.
+    (:func:`ppadapt.training.resume.capture`); ``resume_hint`` is the command that continues the run.
     """
 
     def __init__(self, path: str | Path, capture: Callable[..., dict], *, epochs: int, steps_per_epoch: int,

@@ -1,7 +1,7 @@
 """Best and final weights of a ``paddle.Model.fit`` run, plus a ``run.json`` record.
 
 Files written in ``run_dir`` (local rank 0 only, every write atomic, see
-:mod:`ppadapt.checkpoint`):
+:mod:`ppadapt.runs.checkpoint`):
 
 ``best.pdparams``
     the network's state dict after the evaluation with the best ``monitor`` value
@@ -25,7 +25,7 @@ here from the batches; and ``fit`` calls the eval callbacks only when given
 ``eval_data``, so without it the history has train fields only, ``best`` stays
 ``None`` and ``final.pdparams``/``run.json`` are still written at train end.
 
-Resuming (:mod:`ppadapt.resume`): ``state_dict()`` is the record so far (history, best,
+Resuming (:mod:`ppadapt.training.resume`): ``state_dict()`` is the record so far (history, best,
 final, and the running sums of an epoch stopped part-way); ``set_state_dict`` puts it
 back, and ``start_epoch`` offsets ``fit``'s epoch numbers (which restart from 0 in every
 ``fit`` call), so a resumed run appends to the same history with the right epoch indices.
@@ -38,7 +38,7 @@ import time
 
 import paddle
 
-from ..checkpoint import atomic_save, atomic_write_json
+from ...runs.checkpoint import atomic_save, atomic_write_json
 
 
 def _scalar(value) -> float | None:

@@ -106,7 +106,7 @@ def _is_attention(layer: nn.Layer) -> bool:
 
 def _lora_class():
     try:
-        from .methods.lora import LoRA
+        from ...methods.lora import LoRA
         return LoRA
     except ImportError:  # pragma: no cover - the method package is optional here
         return None

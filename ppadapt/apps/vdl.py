@@ -2,7 +2,7 @@
 
 VisualDL's own UI is the way to browse logs live; this module is for what the UI
 does not do: comparing runs in a notebook or a report, and asserting on logged
-values in tests. It reads the files that :class:`ppadapt.callbacks.VisualDLLogger`
+values in tests. It reads the files that :class:`ppadapt.training.callbacks.VisualDLLogger`
 writes under ``<run_dir>/vdl``.
 
 One log file per directory: each training run opens a new
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:  # matplotlib is imported only when plotting
     from matplotlib.figure import Figure

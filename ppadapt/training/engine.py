@@ -17,25 +17,23 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
+from ..config import Config, transfer_method
+from ..data import build_datasets
+from ..data.sampler import EpochBatchSampler, SeededDataset
+from ..errors import CheckpointError, CheckpointWriteError, ConfigError
+from ..methods.build import apply_freezing, apply_transfer_method, build_model
+from ..methods.trainable import ParamCount, count_parameters, trainable_parameters
+from ..models.vit import VisionTransformer
+from ..runs.adapter_file import load_adapter, save_adapter
+from ..runs.checkpoint import atomic_save, load_weights
+from ..runs.layout import run_dir
+from ..runs.pretrained import load_pretrained, pretrained_normalization, resolve_pretrained
 from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, TrainingGuard, VisualDLLogger,
                         WarmupEpochCosine, WarmupStepCosine)
-from .adapter_file import load_adapter, save_adapter
-from .checkpoint import atomic_save, load_state_dict, load_weights
-from .config import Config, transfer_method
-from .data import build_datasets
-from .data.sampler import EpochBatchSampler, SeededDataset
-from .errors import CheckpointError, CheckpointWriteError, ConfigError, DataError
-from .freeze import ParamCount, count_parameters, set_trainable, trainable_parameters
-from .methods import Method, get_method
-from .methods.adaptformer import apply_adaptformer, is_adapter_parameter
-from .models.vit import VisionTransformer
 from .resume import (RESUME_FILE, TOOLS, ResumePoint, StopRequest, TrainingError, TrainingInterrupted,
                      capture, ensure_writable, gather_rng_states, prepare_resume, rank_and_size,
                      remap_optimizer_state, restore_global_rng, stop_on_sigint)
-from .pretrained import (adapt_state_dict, is_paddleclas_ref, paddleclas_name, paddleclas_weights,
-                         pretrained_normalization)
 
-KNOWN_CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 5}
 
 
 @dataclass
@@ -48,46 +46,14 @@ class StageResult:
     seconds: float = 0.0
 
 
-def build_model(cfg: Config, class_num: int) -> VisionTransformer:
-    """The plain ViT of ``cfg.model``, with AdaptFormer branches if ``cfg.adapter.enabled``."""
-    model = VisionTransformer(cfg.model, class_num=class_num)
-    if cfg.adapter.enabled:
-        apply_adaptformer(model, cfg.adapter.method_config())
-    return model
 
 
-def apply_freezing(model: paddle.nn.Layer, freeze: bool) -> None:
-    """Frozen: only the AdaptFormer branches and the head train. Otherwise everything does."""
-    set_trainable(model, get_method("adaptformer" if freeze else "full").is_trainable)
 
 
-def apply_transfer_method(model: VisionTransformer, cfg: Config) -> Method:
-    """Inject the transfer method into ``model`` and freeze everything it does not own.
-
-    AdaptFormer reuses the branches the model already has (the tutorial pretrains
-    them); every other method comes on top of the whole pretrained network.
-    """
-    method = get_method(transfer_method(cfg))
-    if method.name == "adaptformer" and not cfg.adapter.enabled:
-        apply_adaptformer(model, cfg.adapter.method_config())
-    elif method.name != "adaptformer":
-        method.apply_to(model, **cfg.method.options)
-    set_trainable(model, method.is_trainable)
-    return method
 
 
-def run_dir(cfg: Config, stage: str) -> Path:
-    st = cfg.stage(stage)
-    name = f"{cfg.name}_{stage}_{st.dataset}"
-    if stage == "transfer":
-        method = transfer_method(cfg)
-        name += {"adaptformer": "_frozen", "full": "_full"}.get(method, f"_{method}")
-    return Path(cfg.output) / name
 
 
-def default_pretrained(cfg: Config) -> Path:
-    """Where ``train.py`` with the same config writes its final checkpoint."""
-    return run_dir(cfg, "pretrain") / "final.pdparams"
 
 
 def seed_everything(seed: int) -> None:
@@ -96,30 +62,8 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def class_count(cfg: Config, stage: str) -> int:
-    """Number of classes of a stage's dataset without loading it (for ``--dry-run``)."""
-    st = cfg.stage(stage)
-    if st.classes:
-        return len(st.classes)
-    if st.dataset in KNOWN_CLASS_COUNTS:
-        return KNOWN_CLASS_COUNTS[st.dataset]
-    train = Path(st.data_dir or "") / "train"
-    if not st.data_dir or not train.is_dir():
-        raise DataError(f"image folder {train} not found (pass --data-dir DIR with DIR/train/<class>/*)")
-    return sum(1 for p in train.iterdir() if p.is_dir())
 
 
-def load_pretrained(model: paddle.nn.Layer, path: str | Path,
-                    log: Callable[[str], None] | None = None) -> list[str]:
-    """Load a backbone checkpoint for transfer: the head is always new, and the
-    AdaptFormer branches may be absent (e.g. a PaddleClas ViT); anything else must match,
-    after the position embedding and patch kernel are resampled to the model's patch
-    grid and patch size where they differ (:func:`ppadapt.pretrained.adapt_state_dict`)."""
-    state, notes = adapt_state_dict(load_state_dict(str(path)), model)
-    for note in notes:
-        (log or print)(note)
-    return load_weights(model, state, skip=lambda k: k.startswith("head."),
-                        allow_missing=is_adapter_parameter)
 
 
 def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], None] = print,
@@ -144,22 +88,6 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
     return model, params
 
 
-def resolve_pretrained(cfg: Config, log: Callable[[str], None] = print) -> Path | None:
-    """The local file of ``transfer.pretrained``: a path, ``paddleclas:NAME`` (PaddleClas's
-    weights, cached or downloaded: :func:`ppadapt.pretrained.paddleclas_weights`), ``none``
-    (None: from scratch), or unset (the pretraining run of the same config)."""
-    value = cfg.transfer.pretrained
-    if value is not None and value.lower() == "none":
-        return None
-    if is_paddleclas_ref(value):
-        return paddleclas_weights(paddleclas_name(value), log)
-    path = Path(value) if value else default_pretrained(cfg)
-    if not path.is_file():
-        how = (f"run `python ppadapt/train.py --pretrain {cfg.pretrain.dataset}"
-               f"{'' if cfg.name == 'tutorial' else ' --config <same config>'}` first, "
-               "pass --pretrained PATH, or --pretrained none to start from scratch")
-        raise CheckpointError(f"pretrained checkpoint not found: {path} ({how})")
-    return path
 
 
 def make_optimizer(model: paddle.nn.Layer, cfg: Config, stage: str) -> paddle.optimizer.Optimizer:
@@ -207,10 +135,10 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
               verbose: int = 2, resume: bool | str | Path | ResumePoint | None = None) -> StageResult:
     """Train one stage end to end: data, model, fit with eval each epoch, checkpoints, logs.
 
-    Every epoch writes ``resume.pdckpt`` in the run directory (see :mod:`ppadapt.resume`).
+    Every epoch writes ``resume.pdckpt`` in the run directory (see :mod:`ppadapt.training.resume`).
     ``resume``: ``True`` continues this config and stage's run from it, a path continues
     the run of that directory or checkpoint file, a :class:`ResumePoint` (from
-    :func:`ppadapt.resume.prepare_resume`) is used as it is; the run keeps the config saved
+    :func:`ppadapt.training.resume.prepare_resume`) is used as it is; the run keeps the config saved
     in its checkpoint. Launched with several processes (``paddle.distributed.launch``),
     ``paddle.Model`` trains data-parallel; each process takes its share of every epoch's
     batches and only rank 0 writes files and prints.

@@ -1,6 +1,6 @@
 """Rebuild a trained model from what a training run left on disk.
 
-A run directory (see :func:`ppadapt.engine.run_stage`) holds ``best.pdparams``,
+A run directory (see :func:`ppadapt.training.engine.run_stage`) holds ``best.pdparams``,
 ``final.pdparams`` and ``run.json``, whose ``config`` is the full config of the
 run. :func:`load_run` rebuilds the same network from that config (architecture,
 AdaptFormer branches, the transfer's tuning method applied exactly as the
@@ -9,7 +9,7 @@ same shapes), and returns it in eval mode with every parameter frozen, together
 with what a caller needs to preprocess images the way the run evaluated them
 (class names, mean/std, image size).
 
-Shared by :mod:`ppadapt.predictor` and :mod:`ppadapt.exporting`.
+Shared by :mod:`ppadapt.apps.predict` and :mod:`ppadapt.apps.export`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 
 WEIGHTS = ("best", "final")
 RUN_RECORD = "run.json"
@@ -99,7 +99,7 @@ def read_record(run_dir: Path) -> dict:
 def config_from_record(data: Any):
     """The :class:`~ppadapt.config.Config` recorded in run.json, validated; a record from
     another version of ppadapt fails with the offending key named."""
-    from .config import config_from_dict, validate
+    from ..config import config_from_dict, validate
 
     try:
         cfg = config_from_dict(data, source="run.json")
@@ -111,8 +111,8 @@ def config_from_record(data: Any):
 
 def build_run_model(cfg, record: dict):
     """The network of a run, before its weights: ``(model, method name, stage)``."""
-    from .config import transfer_method
-    from .engine import apply_transfer_method, build_model
+    from ..config import transfer_method
+    from ..methods.build import apply_transfer_method, build_model
 
     stage = record.get("stage", "transfer")
     if stage not in ("pretrain", "transfer"):

@@ -15,7 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from .checkpoint import atomic_save, load_state_dict
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 META_KEY = "__ppadapt_adapter__"
 

@@ -2,7 +2,7 @@
 
 ``python ppadapt/report.py`` is a thin command line over :func:`report_main`. A
 run is a folder holding the ``run.json`` that
-:class:`ppadapt.callbacks.BestAndFinalCheckpoint` writes; everything in the table
+:class:`ppadapt.training.callbacks.BestAndFinalCheckpoint` writes; everything in the table
 comes from that record and the files beside it, so a report never loads Paddle
 weights or reruns anything.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import ConfigError, DataError, PPAdaptError
+from ..errors import ConfigError, DataError, PPAdaptError
 
 RUN_RECORD = "run.json"
 PPT_SCALE = 1e7  # V-PETL Bench's normalising constant C
@@ -268,7 +268,7 @@ def csv_table(runs: Sequence[RunSummary]) -> str:
 
 def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) -> list[Path]:
     """Train loss, eval top-1 and learning rate of the runs, one line each, into
-    ``out_png`` (via :func:`ppadapt.vdl.plot_runs`). Runs without a VisualDL log are
+    ``out_png`` (via :func:`ppadapt.apps.vdl.plot_runs`). Runs without a VisualDL log are
     left out; returns the ones plotted. DataError if none has a log."""
     from .vdl import log_files, plot_runs
 

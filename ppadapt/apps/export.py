@@ -1,6 +1,6 @@
 """Export a trained run as a Paddle inference model: the logic behind ``export.py``.
 
-The model is rebuilt from the run (:mod:`ppadapt.run_loading`), mergeable
+The model is rebuilt from the run (:mod:`ppadapt.runs.loading`), mergeable
 methods (LoRA, SSF) are folded into the backbone weights so the exported graph
 is a plain ViT, and ``paddle.jit.save`` writes the program and weights with a
 dynamic batch: input ``image`` of shape ``[N, 3, H, W]`` float32, output the
@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, PPAdaptError
+from ..errors import ConfigError, PPAdaptError
 
 PREFIX = "inference"
 META_FILE = f"{PREFIX}.yml"
@@ -69,9 +69,9 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
     import paddle
     from paddle.static import InputSpec
 
-    from .methods import get_method
-    from .resume import ensure_writable
-    from .run_loading import describe, load_run
+    from ..methods import get_method
+    from ..training.resume import ensure_writable
+    from ..runs.loading import describe, load_run
 
     if onnx and importlib.util.find_spec("paddle2onnx") is None:
         raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
@@ -191,7 +191,7 @@ def _write_meta(result: ExportResult, run) -> None:
     import paddle
     import yaml
 
-    from . import __version__
+    from .. import __version__
 
     size = run.img_size
     meta = {

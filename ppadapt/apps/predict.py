@@ -1,6 +1,6 @@
 """Classify images with a trained run: the :class:`Predictor` API and ``predict.py``.
 
-The model is rebuilt from the run's ``run.json`` (see :mod:`ppadapt.run_loading`)
+The model is rebuilt from the run's ``run.json`` (see :mod:`ppadapt.runs.loading`)
 and every image goes through the run's own evaluation preprocessing: converted
 to RGB (grey, alpha and palette images included), resized to the model's input
 size as the data loaders resize (:func:`ppadapt.data.arrays.resize_image`), then
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 DEFAULT_TOPK = 5
@@ -44,8 +44,8 @@ class Predictor:
 
     def __init__(self, checkpoint: str | os.PathLike, topk: int = DEFAULT_TOPK, *,
                  weights: str | None = None, batch_size: int = DEFAULT_BATCH) -> None:
-        from .data.transforms import EvalTransform
-        from .run_loading import load_run
+        from ..data.transforms import EvalTransform
+        from ..runs.loading import load_run
 
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ConfigError(f"topk must be a positive integer, got {topk!r}")
@@ -64,7 +64,7 @@ class Predictor:
     @staticmethod
     def read_image(path: str | os.PathLike) -> np.ndarray:
         """The image file at ``path`` as uint8 H x W x 3 RGB; DataError if it cannot be read."""
-        from .data.folder import decode_image
+        from ..data.folder import decode_image
 
         path = Path(path).expanduser()
         if not path.is_file():
@@ -237,8 +237,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def main() -> int:
-        from .data.folder import decode_image, first_paths
-        from .run_loading import describe
+        from ..data.folder import decode_image, first_paths
+        from ..runs.loading import describe
 
         if args.topk < 1:
             raise ConfigError(f"--topk must be at least 1, got {args.topk}")
