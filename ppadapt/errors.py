@@ -38,3 +38,11 @@ class CheckpointWriteError(CheckpointError, OSError):
     def __init__(self, problem: str, fix: str, path: str, errno: int | None = None) -> None:
         super().__init__(f"{problem} ({fix})")
         self.problem, self.path, self.errno = problem, path, errno
+
+
+class TrainingError(PPAdaptError):
+    """Training cannot go on (non-finite loss or weights, unwritable output)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``str()`` is the one-line message for the user."""

@@ -81,7 +81,8 @@ def test_non_finite_weights_at_epoch_end_are_never_saved(tmp_path):
     """A last batch whose update overflows the weights (its own loss still finite) is
     caught before the epoch's checkpoint."""
     from ppadapt.training.callbacks import TrainingGuard
-    from ppadapt.training.resume import StopRequest, TrainingError
+    from ppadapt.errors import TrainingError
+    from ppadapt.training.signals import StopRequest
 
     saved = []
 

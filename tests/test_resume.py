@@ -4,8 +4,9 @@ a changed setting and an unwritable output are one-line answers.
 
 The tiny run: ViT dim 32, depth 2, generated CIFAR-10 archive (60 train images, batches
 of 16: 4 steps per epoch), 4 epochs, augmentation on, AdaptFormer dropout 0.1 and drop
-path 0.1 active. A test-only hook (``PPADAPT_TEST_PAUSE_AT=E:B``) parks the process before
-batch B of epoch E and creates a marker file, so the kill lands at a known step.
+path 0.1 active. A test callback (``tests/drive.py --pause-at E:B``, through the public
+``callbacks=`` seam) parks the process before batch B of epoch E and creates a marker file,
+so the kill lands at a known step.
 """
 import json
 import os
@@ -41,9 +42,9 @@ def train(*args, **env):
 
 def start_paused(args, at: str, marker: Path) -> subprocess.Popen:
     """Start train.py that waits before batch ``at`` = "E:B" (0-based) once it gets there."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "ppadapt" / "train.py"), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=_env(PPADAPT_TEST_PAUSE_AT=at, PPADAPT_TEST_PAUSE_FILE=str(marker)))
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "drive.py"), "--pause-at", at, "--pause-file",
+                             str(marker), "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
     deadline = time.time() + 120
     while not marker.exists():
         if proc.poll() is not None or time.time() > deadline:

@@ -25,7 +25,7 @@ import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
 from ppadapt.methods.build import apply_transfer_method, build_model  # noqa: E402
-from ppadapt.training import engine  # noqa: E402
+from ppadapt.training.optim import make_optimizer  # noqa: E402
 from ppadapt.utils import runtime  # noqa: E402
 from ppadapt.config import load_config  # noqa: E402
 from ppadapt.models import fast_layers  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
         model = build_model(cfg, 10)
         apply_transfer_method(model, cfg)
         net = paddle.Model(model)
-        net.prepare(engine.make_optimizer(model, cfg, "transfer"), paddle.nn.CrossEntropyLoss(),
+        net.prepare(make_optimizer(model, cfg, "transfer"), paddle.nn.CrossEntropyLoss(),
                     paddle.metric.Accuracy(topk=(1, 5)))
         nets[method] = net
     rng = np.random.default_rng(0)

@@ -103,7 +103,7 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
 
 
 def _run(main: Callable[[], int]) -> int:
-    from ..training.resume import TrainingInterrupted
+    from ..errors import TrainingInterrupted
 
     try:
         with warnings.catch_warnings():
@@ -164,7 +164,8 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
     validate(cfg)
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
+def train_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
+    """``train.py``; ``callbacks``: extra ``paddle.callbacks.Callback`` objects for the run."""
     p = _common_parser("train.py", "Pretrain a ViT with AdaptFormer branches from scratch.\n\n"
                        "  python ppadapt/train.py --pretrain cifar100\n"
                        "  python ppadapt/train.py --pretrain digits        # offline demo, ~1 min")
@@ -175,12 +176,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def main() -> int:
         from ..training.engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
         cfg = _load(args, "pretrain", args.dataset)
-        run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"))
+        run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"),
+                  callbacks=callbacks)
         return 0
     return _run(main)
 
 
-def transfer_main(argv: Sequence[str] | None = None) -> int:
+def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
+    """``transfer.py``; ``callbacks``: extra ``paddle.callbacks.Callback`` objects for the run."""
     p = _common_parser("transfer.py", "Transfer a pretrained ViT to a downstream dataset.\n\n"
                        "  python ppadapt/transfer.py --freeze    # AdaptFormer: only branches + head train\n"
                        "  python ppadapt/transfer.py             # full fine-tuning (the control)")
@@ -235,6 +238,7 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
             print(count_parameters(model))
             return 0
         from ..training.engine import run_stage
-        run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"))
+        run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"),
+                  callbacks=callbacks)
         return 0
     return _run(main)

@@ -70,7 +70,7 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
     from paddle.static import InputSpec
 
     from ..methods import get_method
-    from ..training.resume import ensure_writable
+    from ..runs.layout import ensure_writable
     from ..runs.loading import describe, load_run
 
     if onnx and importlib.util.find_spec("paddle2onnx") is None:

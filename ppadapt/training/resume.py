@@ -6,7 +6,7 @@ evaluated epoch, when Ctrl-C stops a run (at the end of the batch in progress), 
 once more when the run has finished. It is one ``paddle.save`` dict:
 
 =================  ==================================================================
-``format``         ``"ppadapt.training.resume"``; ``version``: 1
+``format``         ``"ppadapt.resume"``; ``version``: 1
 ``stage``          ``"pretrain"`` / ``"transfer"``; ``config``: the run's config dict
 ``meta``           what run.json records besides the history (class names, mean, std, ...)
 ``epochs``         total epochs of the run
@@ -38,67 +38,26 @@ from __future__ import annotations
 
 import pickle
 import random
-import signal
-import sys
-import tempfile
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import paddle
 
 from ..runs.checkpoint import load_failure
+from ..runs.layout import run_dir
 from ..config import Config, config_from_dict
-from ..errors import CheckpointError, ConfigError, PPAdaptError
+from ..errors import CheckpointError, ConfigError
 
 RESUME_FILE = "resume.pdckpt"
-FORMAT = "ppadapt.training.resume"
+FORMAT = "ppadapt.resume"
 VERSION = 1
 TOOLS = {"pretrain": "train.py", "transfer": "transfer.py"}
 
 # Options that say only where things are or how they are shown: a resumed run takes
 # them from the command line. Every other option must match the checkpoint's.
 RESUME_OVERRIDABLE = ("data_file", "data_dir", "num_workers", "log_freq")
-
-
-class TrainingError(PPAdaptError):
-    """Training cannot go on (non-finite loss or weights, unwritable output)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training; ``str()`` is the one-line message for the user."""
-
-
-# --- processes --------------------------------------------------------------------------
-
-def rank_and_size() -> tuple[int, int]:
-    """This process's rank and the number of processes (1 without a launcher)."""
-    env = paddle.distributed.ParallelEnv()
-    return int(env.rank), max(1, int(env.world_size))
-
-
-# --- the output directory --------------------------------------------------------------
-
-def ensure_writable(run_dir: Path) -> None:
-    """Check that files can be written in ``run_dir``, or raise a one-line TrainingError.
-
-    Folders created for the check are removed again, so a start that fails later
-    (bad data, missing checkpoint) leaves nothing behind in ``output/``.
-    """
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
-        for folder in created:  # deepest first
-            folder.rmdir()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise TrainingError(f"cannot write to the output directory {run_dir}: {reason} "
-                            "(pass --output DIR with a directory you can write to)") from None
 
 
 # --- finding and reading a checkpoint ---------------------------------------------------
@@ -196,8 +155,6 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
     explicit key whose value differs from the checkpoint's is an error, so that e.g.
     ``--resume --epochs 20`` does not silently train 10.
     """
-    from ..runs.layout import run_dir
-
     path = find_checkpoint(target, run_dir(cfg, stage))
     state = load_checkpoint(path, stage)
     try:
@@ -313,56 +270,3 @@ def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, bat
             "param_names": {k: p.name for k, p in network.named_parameters()},
             "lr_schedule": lr_state, "record": saver.state_dict(), "metrics": metric_states(metrics),
             "visualdl_step": int(visualdl_step), "rng": rng}
-
-
-def non_finite_weight(network: paddle.nn.Layer) -> str | None:
-    """The name of the first trainable parameter holding a NaN or Inf, or None."""
-    for name, param in network.named_parameters():
-        if not param.stop_gradient and not bool(paddle.isfinite(param).all()):
-            return name
-    return None
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------
-
-class StopRequest:
-    """Set by the first Ctrl-C: training stops at the end of the batch in progress."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-
-@contextmanager
-def stop_on_sigint(stop: StopRequest, announce: bool = True) -> Iterator[StopRequest]:
-    """During the block, the first SIGINT (Ctrl-C) or SIGTERM sets ``stop.requested`` (and
-    says so on stderr): training stops at the end of the batch in progress and saves a
-    checkpoint. A second SIGINT raises KeyboardInterrupt at once; repeated SIGTERMs are
-    ignored (``paddle.distributed.launch`` sends several when it is interrupted, and a job
-    scheduler sends SIGKILL after its grace period anyway). Outside the main thread, where
-    signal handlers cannot be installed, the signals keep their default behaviour."""
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):
-        if stop.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        stop.requested = True
-        if announce:
-            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            again = " (press Ctrl-C again to quit at once)" if signum == signal.SIGINT else ""
-            print(f"\n{what}: stopping after this batch and saving a resumable checkpoint{again}",
-                  file=sys.stderr, flush=True)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-
-def fmt_lr(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:g}"

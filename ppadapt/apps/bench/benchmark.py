@@ -2,7 +2,7 @@
 
 ``python ppadapt/bench.py`` builds each method's model exactly as ``transfer.py``
 does (:func:`ppadapt.methods.build.build_model`, :func:`~ppadapt.methods.build.apply_transfer_method`,
-:func:`~ppadapt.training.engine.make_optimizer`, fixed seed) and times the path training
+:func:`~ppadapt.training.optim.make_optimizer`, fixed seed) and times the path training
 takes: ``paddle.Model.prepare(optimizer, CrossEntropyLoss, Accuracy)`` then
 ``train_batch`` (forward, backward, optimizer step, metrics) per step and
 ``predict_batch`` for inference. So any speed work on the model or the methods
@@ -362,7 +362,8 @@ class _Runner:
         from paddle.static import InputSpec
 
         from ...methods.build import apply_transfer_method, build_model
-        from ...training.engine import make_optimizer, seed_everything
+        from ...training.engine import seed_everything
+        from ...training.optim import make_optimizer
         from .flops import train_step_flops
         from ...methods.trainable import count_parameters
 

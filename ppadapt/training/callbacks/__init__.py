@@ -1,9 +1,14 @@
-"""``paddle.Model.fit`` callbacks: LR warmup schedules, VisualDL logging, best/final checkpoints,
-and resumable training (epoch setup, NaN guard, Ctrl-C, the per-epoch resumable checkpoint)."""
+"""``paddle.Model.fit`` callbacks, one concern each: LR warmup schedules, the eval-loss mean,
+VisualDL logging, best/final checkpoints and run.json, the progress bar, the per-epoch
+data/RNG setup, and the guard (NaN, Ctrl-C, the resumable checkpoint)."""
 from .best_final import BestAndFinalCheckpoint
+from .epoch_setup import EpochSetup
+from .guard import TrainingGuard
+from .loss import EvalLossMean
 from .lr_warmup import WarmupEpochCosine, WarmupStepCosine, warmup_epoch_cosine_lr, warmup_step_cosine_lr
-from .guard import EpochProgBar, EpochSetup, TrainingGuard
+from .progress import EpochProgBar
 from .visualdl_logger import VisualDLLogger
 
-__all__ = ["BestAndFinalCheckpoint", "EpochProgBar", "EpochSetup", "TrainingGuard", "VisualDLLogger",
-           "WarmupEpochCosine", "WarmupStepCosine", "warmup_epoch_cosine_lr", "warmup_step_cosine_lr"]
+__all__ = ["BestAndFinalCheckpoint", "EpochProgBar", "EpochSetup", "EvalLossMean", "TrainingGuard",
+           "VisualDLLogger", "WarmupEpochCosine", "WarmupStepCosine", "warmup_epoch_cosine_lr",
+           "warmup_step_cosine_lr"]

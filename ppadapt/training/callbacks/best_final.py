@@ -20,8 +20,8 @@ own names (``acc_top1``, ``acc_top5``, ...) and ``epoch_seconds`` (train + eval)
 
 Paddle quirks handled here: ``fit`` passes one shared ``logs`` dict to every
 callback, overwritten by evaluation batches, so values are copied when seen; the
-eval logs carry only the *last* eval batch's loss, so the eval loss is averaged
-here from the batches; and ``fit`` calls the eval callbacks only when given
+eval loss is the mean over the eval set (:class:`~.loss.EvalLossMean`, shared with
+the VisualDL logger in a training run); and ``fit`` calls the eval callbacks only when given
 ``eval_data``, so without it the history has train fields only, ``best`` stays
 ``None`` and ``final.pdparams``/``run.json`` are still written at train end.
 
@@ -32,32 +32,30 @@ back, and ``start_epoch`` offsets ``fit``'s epoch numbers (which restart from 0 
 """
 from __future__ import annotations
 
-import numbers
 import os
 import time
 
 import paddle
 
 from ...runs.checkpoint import atomic_save, atomic_write_json
-
-
-def _scalar(value) -> float | None:
-    """Paddle logs a loss as a one-element list and metrics as numbers."""
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return float(value) if isinstance(value, numbers.Number) else None
+from .loss import EvalLossMean, LossMean, eval_loss_source, log_value
 
 
 def _metrics(logs: dict, names: list[str]) -> dict:
     """The metric values (not the loss) named in ``names`` that ``logs`` holds."""
-    values = {name: _scalar(logs.get(name)) for name in names if name != "loss"}
+    values = {name: log_value(logs.get(name)) for name in names if name != "loss"}
     return {k: v for k, v in values.items() if v is not None}
 
 
 class BestAndFinalCheckpoint(paddle.callbacks.Callback):
     """Save ``best.pdparams`` on improvement, ``final.pdparams`` at the end, and ``run.json``."""
 
-    def __init__(self, run_dir: str, meta: dict | None = None, monitor: str = "acc_top1") -> None:
+    def __init__(self, run_dir: str, meta: dict | None = None, monitor: str = "acc_top1", *,
+                 start_epoch: int = 0, resume_path: str | None = None,
+                 eval_loss: EvalLossMean | None = None) -> None:
+        """``start_epoch``: epochs done before this ``fit`` call (a resumed run);
+        ``resume_path``: the run's resumable checkpoint, listed in run.json;
+        ``eval_loss``: the shared eval-loss mean (None: this callback keeps its own)."""
         super().__init__()
         self.run_dir = run_dir
         self.meta = dict(meta or {})
@@ -71,12 +69,12 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         self._entry: dict | None = None  # the epoch awaiting its evaluation
         self._epoch = 0
         self._epoch_start = 0.0
-        self._sums = [0.0, 0]  # weighted train loss, samples
-        self._eval_sums = [0.0, 0]
+        self._train_loss = LossMean()
+        self._eval_loss, self._feeds_eval_loss = eval_loss_source(eval_loss)
         self._eval_names: list[str] = []
         self._train_metrics: dict = {}
-        self.start_epoch = 0  # epochs done before this fit call (a resumed run)
-        self.resume_path: str | None = None  # listed in run.json once set
+        self.start_epoch = start_epoch
+        self.resume_path = resume_path
         self._partial: dict | None = None  # an epoch resumed part-way: its sums so far
 
     # -- helpers ---------------------------------------------------------------
@@ -102,7 +100,8 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
     def state_dict(self) -> dict:
         """The record so far, plus the running sums of the current epoch (for a stop mid-epoch)."""
         return {"history": [dict(e) for e in self.history], "best": self.best, "final": self.final,
-                "epoch_sums": list(self._sums), "train_metrics": dict(self._train_metrics),
+                "epoch_sums": [self._train_loss.total, self._train_loss.samples],
+                "train_metrics": dict(self._train_metrics),
                 "epoch_elapsed": time.perf_counter() - self._epoch_start if self._epoch_start else 0.0}
 
     def set_state_dict(self, state: dict, mid_epoch: bool = False) -> None:
@@ -118,14 +117,6 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         if self._is_write():
             atomic_write_json(self._record(), self.json_path)
 
-    @staticmethod
-    def _accumulate(sums: list, logs: dict) -> None:
-        loss = _scalar(logs.get("loss"))
-        if loss is not None:
-            n = int(logs.get("batch_size") or 1)
-            sums[0] += loss * n
-            sums[1] += n
-
     # -- train -----------------------------------------------------------------
     def on_train_begin(self, logs=None) -> None:
         if self._is_write():
@@ -134,24 +125,23 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
     def on_epoch_begin(self, epoch=None, logs=None) -> None:
         self._epoch = self.start_epoch + (epoch or 0)
         self._epoch_start = time.perf_counter()
-        self._sums = [0.0, 0]
+        self._train_loss.reset()
         self._train_metrics = {}
         self._entry = None
         if self._partial is not None:  # continuing an epoch that was stopped part-way
             partial, self._partial = self._partial, None
-            self._sums = partial["sums"]
+            self._train_loss.reset(*partial["sums"])
             self._train_metrics = partial["metrics"]
             self._epoch_start -= partial["elapsed"]
 
     def on_train_batch_end(self, step, logs=None) -> None:
         logs = logs or {}
-        self._accumulate(self._sums, logs)
+        self._train_loss.add(logs)
         self._train_metrics = _metrics(logs, self.params.get("metrics") or [])
 
     def on_epoch_end(self, epoch=None, logs=None) -> None:
-        loss_sum, samples = self._sums
         entry = {"epoch": self._epoch,
-                 "train_loss": loss_sum / samples if samples else None,
+                 "train_loss": self._train_loss.value,
                  **{f"train_{k}": v for k, v in self._train_metrics.items()},
                  "lr": float(self.model._optimizer.get_lr()) if self.model._optimizer else None,
                  "train_seconds": round(time.perf_counter() - self._epoch_start, 3)}
@@ -161,19 +151,22 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
 
     # -- eval ------------------------------------------------------------------
     def on_eval_begin(self, logs=None) -> None:
-        self._eval_sums = [0.0, 0]
+        if self._feeds_eval_loss:
+            self._eval_loss.on_eval_begin(logs)
         self._eval_names = (logs or {}).get("metrics") or self.params.get("metrics") or []
 
     def on_eval_batch_end(self, step, logs=None) -> None:
-        self._accumulate(self._eval_sums, logs or {})
+        if self._feeds_eval_loss:
+            self._eval_loss.on_eval_batch_end(step, logs)
 
     def on_eval_end(self, logs=None) -> None:
         entry, self._entry = self._entry, None
         if entry is None:  # an evaluate() outside fit: nothing to record
             return
         logs = logs or {}
-        loss_sum, samples = self._eval_sums
-        eval_loss = loss_sum / samples if samples else _scalar(logs.get("loss"))
+        eval_loss = self._eval_loss.value
+        if eval_loss is None:
+            eval_loss = log_value(logs.get("loss"))
         metrics = _metrics(logs, self._eval_names)
         entry.update({"eval_loss": eval_loss, **metrics,
                       "epoch_seconds": round(time.perf_counter() - self._epoch_start, 3)})

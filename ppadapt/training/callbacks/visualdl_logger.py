@@ -28,41 +28,32 @@ is on disk when the checkpoint is.
 """
 from __future__ import annotations
 
-import numbers
 import re
 import time
 from pathlib import Path
 
 import paddle
+from visualdl import LogReader, LogWriter
 
 from ...methods.trainable import ParamCount, count_parameters
-
-
-def _first(value) -> float | None:
-    """Paddle logs a loss as a one-element list and metrics as numbers."""
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return float(value) if isinstance(value, numbers.Number) else None
+from .loss import EvalLossMean, eval_loss_source
 
 
 class VisualDLLogger(paddle.callbacks.VisualDL):
     """Paddle's ``VisualDL`` callback plus ``train/lr``, parameter counts and a true mean eval loss."""
 
     def __init__(self, log_dir: str, param_count: ParamCount | None = None, *,
-                 start_epoch: int = 0, start_step: int = 0) -> None:
+                 start_epoch: int = 0, start_step: int = 0, eval_loss: EvalLossMean | None = None) -> None:
         super().__init__(log_dir)
         self.param_count = param_count
         self.start_epoch = start_epoch
         self.start_step = start_step
-        self._eval_loss_sum = 0.0
-        self._eval_samples = 0
+        self._eval_loss, self._feeds_eval_loss = eval_loss_source(eval_loss)
 
     def _ensure_writer(self):
         # Same attribute and construction as the parent's lazy writer, so the
         # parent's close at train end covers it.
         if not hasattr(self, "writer"):
-            from visualdl import LogWriter
-
             if self.start_step or self.start_epoch:
                 earlier, name = self._earlier_scalars()
                 self.writer = LogWriter(self.log_dir, file_name=name)
@@ -75,8 +66,6 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
     def _earlier_scalars(self) -> tuple[list[tuple[str, int, float]], str]:
         """The interrupted run's scalars up to the resume point, merged over its record
         files (a step in a later file wins), and a file name that sorts after them."""
-        from visualdl import LogReader
-
         files = sorted(Path(self.log_dir).glob("vdlrecords.*")) if Path(self.log_dir).is_dir() else []
         merged: dict[tuple[str, int], float] = {}
         for path in files:
@@ -119,20 +108,17 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
 
     def on_eval_begin(self, logs=None) -> None:
         super().on_eval_begin(logs)
-        self._eval_loss_sum, self._eval_samples = 0.0, 0
+        if self._feeds_eval_loss:
+            self._eval_loss.on_eval_begin(logs)
 
     def on_eval_batch_end(self, step, logs=None) -> None:
-        logs = logs or {}
-        loss = _first(logs.get("loss"))
-        if loss is not None:
-            n = int(logs.get("batch_size", 1))
-            self._eval_loss_sum += loss * n
-            self._eval_samples += n
+        if self._feeds_eval_loss:
+            self._eval_loss.on_eval_batch_end(step, logs)
 
     def on_eval_end(self, logs=None) -> None:
         logs = dict(logs or {})
-        if self._eval_samples and "loss" in logs:
-            logs["loss"] = [self._eval_loss_sum / self._eval_samples]
+        if self._eval_loss.value is not None and "loss" in logs:
+            logs["loss"] = [self._eval_loss.value]
         super().on_eval_end(logs)
         self._flush()
 
@@ -144,3 +130,10 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
         """On disk before the epoch's resumable checkpoint is (see the module doc)."""
         if self._is_write() and hasattr(self, "writer"):
             self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the log file; also when training stopped with an error, where
+        Paddle's own close at train end never ran."""
+        if hasattr(self, "writer"):
+            self.writer.close()
+            del self.writer

@@ -1,0 +1,66 @@
+"""A stage's datasets and loaders: seeded data order and augmentation, one share of every
+epoch's batches per process."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import paddle
+
+from ..data import DatasetBundle, build_datasets
+from ..data.sampler import EpochBatchSampler, SeededDataset
+from .plan import StagePlan
+
+
+@dataclass
+class StageData:
+    bundle: DatasetBundle
+    sampler: EpochBatchSampler
+    train_loader: paddle.io.DataLoader
+    test_loader: paddle.io.DataLoader
+
+    @property
+    def num_classes(self) -> int:
+        return self.bundle.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    @property
+    def mean(self):
+        return self.bundle.mean
+
+    @property
+    def std(self):
+        return self.bundle.std
+
+
+def load_datasets(plan: StagePlan, log: Callable[[str], None]) -> DatasetBundle:
+    """The stage's train and test sets, normalised as the plan says."""
+    st, norm = plan.cfg.stage(plan.stage), plan.normalization
+    data = build_datasets(st.dataset, role=plan.stage, img_size=plan.cfg.model.img_size,
+                          data_file=st.data_file, data_dir=st.data_dir, classes=st.classes,
+                          augment=st.augment, normalization=norm[:2] if norm else None)
+    log(f"{plan.stage}: {st.dataset}, {len(data.train)} train / {len(data.test)} test images, "
+        f"{data.num_classes} classes")
+    if norm and not plan.resumed:
+        log(f"normalisation: mean {tuple(data.mean)}, std {tuple(data.std)} ({norm[2]})")
+    return data
+
+
+def make_loaders(plan: StagePlan, data: DatasetBundle, rank: int, nranks: int) -> StageData:
+    """Data order and augmentation depend only on (seed, epoch, sample): see
+    :mod:`ppadapt.data.sampler`."""
+    st, seed = plan.cfg.stage(plan.stage), plan.cfg.seed
+    train_set = SeededDataset(data.train, seed)
+    sampler = EpochBatchSampler(len(train_set), st.batch_size, seed, num_replicas=nranks, rank=rank)
+    train_loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=st.num_workers)
+    if nranks > 1:  # each rank evaluates its share; paddle.Model gathers the predictions for the metrics
+        test_loader = paddle.io.DataLoader(
+            data.test, batch_sampler=paddle.io.DistributedBatchSampler(data.test, batch_size=st.batch_size),
+            num_workers=st.num_workers)
+    else:
+        test_loader = paddle.io.DataLoader(data.test, batch_size=st.batch_size, shuffle=False,
+                                           num_workers=st.num_workers)
+    return StageData(data, sampler, train_loader, test_loader)

@@ -1,0 +1,69 @@
+"""What differs between a fresh and a resumed run, decided once.
+
+A fresh run takes everything from its config: the run folder, the pretrained backbone
+(transfer) and the normalisation its weights expect. A resumed run takes everything
+from its checkpoint: the config, the folder, the normalisation it trained with, the
+weights and the position in the run. The rest of the pipeline only reads the plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Config
+from ..runs.layout import run_dir
+from ..runs.pretrained import pretrained_normalization, resolve_pretrained
+from .resume import ResumePoint, prepare_resume
+
+
+@dataclass
+class StagePlan:
+    cfg: Config
+    stage: str
+    run_dir: Path
+    pretrained: Path | None = None  # a fresh transfer's backbone checkpoint
+    normalization: tuple | None = None  # (mean, std, where from); None: the dataset's own
+    point: ResumePoint | None = None  # the checkpoint a resumed run continues
+
+    @property
+    def resumed(self) -> bool:
+        return self.point is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.point is not None and self.point.finished
+
+    @property
+    def start_epoch(self) -> int:
+        return self.point.epoch if self.point else 0
+
+    @property
+    def skip(self) -> int:
+        """Batches of ``start_epoch`` already trained (a run stopped part-way through it)."""
+        return self.point.batch if self.point else 0
+
+    @property
+    def saved(self) -> dict[str, Any]:
+        """The resume checkpoint's contents ({} for a fresh run)."""
+        return self.point.state if self.point else {}
+
+
+def plan_stage(cfg: Config, stage: str, resume: Any = None,
+               log: Callable[[str], None] = print) -> StagePlan:
+    """The plan of a fresh run (``resume`` None/False) or of continuing one: ``True`` (this
+    config and stage's run folder), a run folder or checkpoint path, or a ResumePoint."""
+    if resume is None or resume is False:
+        if stage != "transfer":
+            return StagePlan(cfg, stage, run_dir(cfg, stage))
+        # Resolved first: a missing checkpoint fails before any time is spent on the data.
+        pretrained = resolve_pretrained(cfg, log)
+        # Images are normalised the way the pretrained weights expect (PaddleClas: 0.5/0.5).
+        norm = pretrained_normalization(cfg.transfer.pretrained, pretrained)
+        return StagePlan(cfg, stage, run_dir(cfg, stage), pretrained, norm)
+    point = resume if isinstance(resume, ResumePoint) else prepare_resume(cfg, stage, resume)
+    if point.finished:
+        return StagePlan(point.cfg, stage, point.run_dir, point=point)
+    meta = point.state.get("meta") or {}  # images are normalised as the run did
+    return StagePlan(point.cfg, stage, point.run_dir, normalization=(meta["mean"], meta["std"], "as saved"),
+                     point=point)

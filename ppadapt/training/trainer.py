@@ -1,0 +1,164 @@
+"""``paddle.Model`` with its optimizer, schedule and callbacks for one stage, fit with the
+errors a user can act on turned into one-line messages, and the run's last files.
+
+A resumed run gets the same objects, then puts back the checkpoint's optimizer state,
+schedule, record and generators (:meth:`Trainer._restore`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import paddle
+from paddle.static import InputSpec
+
+from ..config import Config, transfer_method
+from ..errors import CheckpointError, CheckpointWriteError, TrainingError, TrainingInterrupted
+from ..methods.trainable import ParamCount
+from ..runs.adapter_file import save_adapter
+from ..runs.checkpoint import atomic_save
+from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean, TrainingGuard,
+                        VisualDLLogger)
+from .data_loading import StageData
+from .optim import lr_callback, make_optimizer
+from .plan import StagePlan
+from .resume import (RESUME_FILE, TOOLS, capture, gather_rng_states, remap_optimizer_state,
+                     restore_global_rng)
+from .signals import StopRequest, stop_on_sigint
+
+
+def adapter_meta(cfg: Config) -> dict:
+    """What an adapter file records to be applied again: method, its options, model."""
+    return {"method": transfer_method(cfg), "options": cfg.method.options,
+            "adapter": cfg.to_dict()["adapter"], "model": cfg.to_dict()["model"]}
+
+
+def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> dict:
+    """run.json's fields besides the history, for a fresh run (a resumed one keeps its own)."""
+    cfg, stage = plan.cfg, plan.stage
+    return {"stage": stage, "dataset": cfg.stage(stage).dataset,
+            "method": transfer_method(cfg) if stage == "transfer" else "full",
+            "class_names": data.class_names, "mean": list(data.mean), "std": list(data.std),
+            "config": cfg.to_dict(),
+            "params": {"trainable": params.trainable, "total": params.total,
+                       "head": params.head, "without_head": params.without_head}}
+
+
+class Trainer:
+    """The training objects of one stage; :meth:`fit` trains, :meth:`finish` writes the end files."""
+
+    def __init__(self, plan: StagePlan, model: paddle.nn.Layer, params: ParamCount, data: StageData, *,
+                 rank: int, nranks: int, verbose: int, log: Callable[[str], None],
+                 callbacks: Sequence[paddle.callbacks.Callback] = ()) -> None:
+        cfg, stage, out = plan.cfg, plan.stage, plan.run_dir
+        st = cfg.stage(stage)
+        self.plan, self.model, self.data, self.nranks, self.is_main = plan, model, data, nranks, rank == 0
+        self.epochs, self.steps = st.epochs, len(data.sampler)
+        self.topk = (1, min(5, data.num_classes))
+        self.resume_path = out / RESUME_FILE
+        # With several processes paddle.Model itself calls init_parallel_env and wraps the
+        # network in paddle.DataParallel (gradients all-reduced, weights identical on every rank).
+        self.net = paddle.Model(model, inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size],
+                                                         "float32", "image")],
+                                labels=[InputSpec([None, 1], "int64", "label")])
+        self.optimizer = make_optimizer(model, cfg, stage)
+        self.net.prepare(self.optimizer, paddle.nn.CrossEntropyLoss(), paddle.metric.Accuracy(topk=self.topk))
+        meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
+        eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
+        self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
+                                            resume_path=str(self.resume_path), eval_loss=eval_loss)
+        self.lr = lr_callback(cfg, stage, self.steps)
+        paddle_rng = metric_states = None
+        if plan.resumed:
+            paddle_rng, metric_states = self._restore(rank, log)
+        self.vdl = VisualDLLogger(str(out / "vdl"), param_count=params, start_epoch=plan.start_epoch,
+                                  start_step=int(plan.saved.get("visualdl_step", 0)), eval_loss=eval_loss)
+        self.stop = StopRequest()
+        launcher = f"python -m paddle.distributed.launch --nproc_per_node {nranks} " if nranks > 1 else "python "
+        self.guard = TrainingGuard(self.resume_path, self.capture, epochs=self.epochs, steps_per_epoch=self.steps,
+                                   stop=self.stop, resume_hint=f"{launcher}ppadapt/{TOOLS[stage]} --resume {out}",
+                                   start_epoch=plan.start_epoch, skip=plan.skip, nranks=nranks,
+                                   is_main=self.is_main)
+        self.callbacks = [EpochProgBar(st.log_freq, verbose, epochs=self.epochs, start_epoch=plan.start_epoch),
+                          self.lr,
+                          EpochSetup(data.sampler, cfg.seed, rank, start_epoch=plan.start_epoch, skip=plan.skip,
+                                     paddle_rng=paddle_rng, metric_states=metric_states),
+                          eval_loss, self.vdl, self.saver, self.guard, *callbacks]
+
+    def _restore(self, rank: int, log: Callable[[str], None]) -> tuple:
+        """Put a resume checkpoint's optimizer, schedule, record and generators back; returns
+        (this rank's Paddle generator state, metric states) for an epoch resumed part-way."""
+        state, nranks, steps = self.plan.saved, self.nranks, self.steps
+        skip = int(state.get("batch", 0))
+        saved_steps, saved_ranks = int(state.get("steps_per_epoch", steps)), int(state.get("nranks", 1))
+        if skip and (saved_steps != steps or saved_ranks != nranks):
+            raise CheckpointError(
+                f"this checkpoint stopped part-way through an epoch with {saved_ranks} process(es) and "
+                f"{saved_steps} batches per epoch; resume it with the same number of processes and batch size "
+                f"({nranks} and {steps} now)")
+        if saved_steps != steps or saved_ranks != nranks:
+            log(f"note: the run had {saved_ranks} process(es) and {saved_steps} batches per epoch, now {nranks} "
+                f"and {steps}: it goes on, but not as the uninterrupted run would have")
+        self.optimizer.set_state_dict(
+            remap_optimizer_state(state["optimizer"], state.get("param_names") or {}, self.model))
+        self.optimizer.set_lr(float(state["optimizer_lr"]))
+        schedule = dict(state["lr_schedule"])
+        self.lr.set_state_dict(schedule)
+        self.lr.last_lr = schedule.get("last_lr")
+        self.saver.set_state_dict(state["record"], mid_epoch=skip > 0)
+        restore_global_rng(state)
+        where = f"epoch {self.plan.start_epoch + 1}/{self.epochs}" + (f", batch {skip}/{steps}" if skip else "")
+        log(f"resuming {self.plan.point.path} at {where} (global step {int(state.get('global_step', 0))})")
+        if not skip:
+            return None, None
+        rngs = list(state["rng"]["paddle"])
+        return rngs[rank if len(rngs) == nranks else 0], state.get("metrics")
+
+    def capture(self, *, epoch: int, batch: int, reason: str, paddle_rng: list, finished: bool = False) -> dict:
+        """The resume checkpoint at this point of the run (see :mod:`ppadapt.training.resume`)."""
+        return capture(stage=self.plan.stage, cfg=self.plan.cfg, meta=self.saver.meta, epochs=self.epochs,
+                       epoch=epoch, batch=batch, steps_per_epoch=self.steps, nranks=self.nranks,
+                       network=self.model, optimizer=self.optimizer, lr_callback=self.lr, saver=self.saver,
+                       metrics=self.net._metrics,
+                       visualdl_step=getattr(self.vdl, "train_step", self.lr.global_step), paddle_rng=paddle_rng,
+                       reason=reason, finished=finished)
+
+    def fit(self, verbose: int) -> None:
+        """Train the remaining epochs, evaluating after each; Ctrl-C, a full disk or a failed
+        save end in one line that says what was kept and how to go on."""
+        out, st = self.plan.run_dir, self.plan.cfg.stage(self.plan.stage)
+        try:
+            with stop_on_sigint(self.stop, announce=self.is_main):
+                if self.plan.start_epoch < self.epochs:
+                    self.net.fit(self.data.train_loader, self.data.test_loader,
+                                 epochs=self.epochs - self.plan.start_epoch, log_freq=st.log_freq,
+                                 verbose=verbose, callbacks=self.callbacks)
+                else:  # every epoch was trained, but the run stopped before its final files
+                    self.saver.finish(self.model)
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C, that did not wait for the end of the batch
+            raise TrainingInterrupted(self.guard.interrupted_message()) from None
+        except CheckpointWriteError as exc:  # best/final.pdparams or run.json (the file there is intact)
+            raise self.guard.save_failed(exc) from None
+        except OSError as exc:  # a full disk or lost permissions while writing the run's files
+            if exc.filename and str(out.resolve()) in str(Path(exc.filename).resolve()):
+                raise TrainingError(f"cannot write {exc.filename}: {exc.strerror or exc}; "
+                                    f"{self.guard.kept()}") from None
+            raise
+        finally:  # flushed and closed even when training stops with an error
+            self.vdl.close()
+
+    def finish(self, log: Callable[[str], None]) -> None:
+        """The adapter-only file (a parameter-efficient transfer) and the finished resume checkpoint."""
+        if not self.is_main:
+            return
+        out, cfg = self.plan.run_dir, self.plan.cfg
+        try:
+            if self.plan.stage == "transfer" and transfer_method(cfg) != "full":
+                save_adapter(self.model, out / "adapter.pdparams", adapter_meta(cfg))
+                log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
+            atomic_save(self.capture(epoch=self.epochs, batch=0, reason="finished",
+                                     paddle_rng=gather_rng_states(1), finished=True), str(self.resume_path))
+        except CheckpointWriteError as exc:
+            raise self.guard.save_failed(exc) from None
