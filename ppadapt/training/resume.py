@@ -40,7 +40,6 @@ import pickle
 import random
 import signal
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +51,8 @@ import paddle
 
 from ..runs.checkpoint import load_failure
 from ..config import Config, config_from_dict
-from ..errors import CheckpointError, ConfigError, PPAdaptError
+from ..errors import CheckpointError, ConfigError, PPAdaptError, TrainingInterrupted  # noqa: F401 (re-exported)
+from ..utils.files import ensure_writable as _ensure_writable
 
 RESUME_FILE = "resume.pdckpt"
 FORMAT = "ppadapt.training.resume"
@@ -68,10 +68,6 @@ class TrainingError(PPAdaptError):
     """Training cannot go on (non-finite loss or weights, unwritable output)."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training; ``str()`` is the one-line message for the user."""
-
-
 # --- processes --------------------------------------------------------------------------
 
 def rank_and_size() -> tuple[int, int]:
@@ -83,22 +79,9 @@ def rank_and_size() -> tuple[int, int]:
 # --- the output directory --------------------------------------------------------------
 
 def ensure_writable(run_dir: Path) -> None:
-    """Check that files can be written in ``run_dir``, or raise a one-line TrainingError.
-
-    Folders created for the check are removed again, so a start that fails later
-    (bad data, missing checkpoint) leaves nothing behind in ``output/``.
-    """
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
-        for folder in created:  # deepest first
-            folder.rmdir()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise TrainingError(f"cannot write to the output directory {run_dir}: {reason} "
-                            "(pass --output DIR with a directory you can write to)") from None
+    """Check that files can be written in ``run_dir``, or raise a one-line TrainingError
+    (see :func:`ppadapt.utils.files.ensure_writable`)."""
+    _ensure_writable(run_dir, TrainingError)
 
 
 # --- finding and reading a checkpoint ---------------------------------------------------
