@@ -12,7 +12,7 @@ from ...errors import ConfigError, DataError
 from ...methods import get_method
 from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
-from .runner import ORDERS, Log, _quiet, add_gemm_share, benchmark, real_batches
+from .runner import ORDERS, Log, add_gemm_share, benchmark, quiet, real_batches
 from .tables import format_report
 
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.yaml"
@@ -101,7 +101,7 @@ def _display_path(path: str) -> str:
         return str(path)
 
 
-def run(args: argparse.Namespace, log: Log = _quiet) -> dict:
+def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     """Everything the command does, as a report dict (what ``--json`` prints)."""
     methods = parse_methods(args.methods)
     if not args.no_ratio and "full" not in methods:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, log: Log = _quiet) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python ppadapt/bench.py``: see :func:`build_parser`; exit 2 on a user error."""
     args = build_parser().parse_args(argv)
-    log = _quiet if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    log = quiet if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
 
     def measure() -> int:
         report = run(args, log)

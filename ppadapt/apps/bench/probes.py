@@ -18,6 +18,7 @@ from paddle.base import core
 
 from .stats import summarize
 
+
 # --- the machine --------------------------------------------------------------
 
 def sync() -> None:

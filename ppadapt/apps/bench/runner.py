@@ -26,8 +26,8 @@ ORDERS = ("interleaved", "sequential")
 Log = Callable[[str], None]
 
 
-def _quiet(msg: str) -> None:
-    pass
+def quiet(msg: str) -> None:
+    """A log that drops every line."""
 
 
 # --- inputs -------------------------------------------------------------------
@@ -172,7 +172,7 @@ class _Runner:
 def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = None, steps: int = 10,
               warmup: int = 2, classes: int = 10, batches: list | None = None,
               order: str = "interleaved", method_options: dict[str, dict] | None = None,
-              on_round: Callable[[], None] | None = None, log: Log = _quiet) -> list[dict]:
+              on_round: Callable[[], None] | None = None, log: Log = quiet) -> list[dict]:
     """Time training and inference steps of each method; one dict per method.
 
     ``cfg`` gives the model and the transfer stage (optimizer, batch size);
