@@ -1,4 +1,4 @@
-"""`python ppadapt/bench.py --help`: time the tuning methods; see :mod:`ppadapt.apps.bench.benchmark`."""
+"""`python ppadapt/bench.py --help`: time the tuning methods; see :mod:`ppadapt.apps.bench`."""
 import os
 import sys
 
@@ -9,7 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from ppadapt.apps.bench.benchmark import main  # noqa: E402
+from ppadapt.apps.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

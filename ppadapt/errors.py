@@ -22,6 +22,11 @@ class CheckpointError(PPAdaptError):
     """Missing, corrupt or incompatible checkpoint."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``str()`` is the one-line message for the user (where the run
+    was saved and how to continue). Raised by :mod:`ppadapt.training`, shown by every tool."""
+
+
 class PPAdaptWarning(UserWarning):
     """Something was skipped or adjusted, and the run goes on (e.g. unreadable images in a
     folder). The command-line tools print it as one ``warning: <message>`` line."""
@@ -42,7 +47,3 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 class TrainingError(PPAdaptError):
     """Training cannot go on (non-finite loss or weights, unwritable output)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training; ``str()`` is the one-line message for the user."""

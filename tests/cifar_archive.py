@@ -87,13 +87,16 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
 
 
 def write_cifar_archive(path: str | Path, dataset: str = "cifar10", train_per_class: int = 10,
-                        test_per_class: int = 4, seed: int = 0) -> Path:
+                        test_per_class: int = 4, seed: int = 0, train_classes: Sequence[int] | None = None,
+                        test_classes: Sequence[int] | None = None) -> Path:
     """Write a small ``cifar-10-python.tar.gz`` (``dataset="cifar10"``) or
     ``cifar-100-python.tar.gz`` (``"cifar100"``) at ``path`` and return the path.
 
     CIFAR-10's training images are spread over ``data_batch_1..5`` like the
     original's. CIFAR-100's coarse labels are placeholders (``fine // 5``); ppadapt
-    uses only the fine labels.
+    uses only the fine labels. ``train_classes`` / ``test_classes`` (default: all) are
+    the classes that have training / test images: the others have none there, as in an
+    archive cut down by hand.
     """
     if dataset not in ("cifar10", "cifar100"):
         raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
@@ -103,6 +106,10 @@ def write_cifar_archive(path: str | Path, dataset: str = "cifar10", train_per_cl
     names = CIFAR10_NAMES if dataset == "cifar10" else CIFAR100_NAMES
     train_labels = _labels(len(names), train_per_class, rng)
     test_labels = _labels(len(names), test_per_class, rng)
+    if train_classes is not None:
+        train_labels = train_labels[np.isin(train_labels, list(train_classes))]
+    if test_classes is not None:
+        test_labels = test_labels[np.isin(test_labels, list(test_classes))]
     train_rows = _rows(_images(train_labels, rng))
     test_rows = _rows(_images(test_labels, rng))
 

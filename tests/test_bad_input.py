@@ -71,6 +71,11 @@ def _make_data(data: Path) -> None:
     assert c100.is_file()
     blob = c10.read_bytes()
     (data / "cut.tar.gz").write_bytes(blob[: len(blob) // 2])
+    # Cut-down archives: classes 5.. of CIFAR-10 have no test images, classes 50.. of CIFAR-100 no training images.
+    write_cifar_archive(data / "few_test" / "cifar-10-python.tar.gz", "cifar10", train_per_class=4,
+                        test_per_class=2, test_classes=range(5))
+    write_cifar_archive(data / "few_train" / "cifar-100-python.tar.gz", "cifar100", train_per_class=1,
+                        test_per_class=1, train_classes=range(50))
     for split in ("train/cat", "train/dog", "test/cat", "test/dog"):  # class folders, no image
         (data / "empty" / split).mkdir(parents=True)
     (data / "empty" / "train" / "cat" / "notes.txt").write_text("not an image\n")
@@ -167,6 +172,16 @@ CASES = [
     Case("cifar100-archive-for-cifar10", "transfer", C + C100,
          ("is a CIFAR-100 archive but dataset 'cifar10' needs cifar-10-python.tar.gz",
           "or use dataset 'cifar100'")),
+    Case("classes-without-test-images", "transfer",
+         C + ["--data-file", "{data}/few_test/cifar-10-python.tar.gz", "-o", "transfer.classes=[5,6]"],
+         ("the test split of {data}/few_test/cifar-10-python.tar.gz has no images of the selected classes "
+          "5 (dog), 6 (frog): nothing to evaluate on", "choose classes that have test images with "
+          "-o transfer.classes=[...]")),
+    Case("classes-without-training-images", "train",
+         C + ["--data-file", "{data}/few_train/cifar-100-python.tar.gz", "-o", "pretrain.classes=[50,51]"],
+         ("the train split of {data}/few_train/cifar-100-python.tar.gz has no images of the selected classes "
+          "50 (mouse), 51 (mushroom): nothing to train on",
+          "choose classes that have train images with -o pretrain.classes=[...]")),
     Case("folder-without-images", "train", C + ["--data-dir", "{data}/empty"],
          ("no images in {data}/empty", "expected .bmp, .jpeg, .jpg, .png, .webp files in DIR/train/<class>/*"),
          target="tiny_pretrain_folder"),

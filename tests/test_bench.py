@@ -12,8 +12,8 @@ import pytest
 from cifar_archive import write_cifar_archive
 from tiny import tiny_vit
 
-from ppadapt.apps.bench.benchmark import (benchmark, build_parser, gemm_gflops, main, optimizer_state_bytes, run,
-                               split_method_options, summarize)
+from ppadapt.apps.bench import (benchmark, build_parser, gemm_gflops, main, optimizer_state_bytes, run,
+                                split_method_options, summarize)
 from ppadapt.config import load_config
 from ppadapt.methods.build import apply_transfer_method, build_model
 from ppadapt.training.optim import make_optimizer

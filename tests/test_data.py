@@ -100,6 +100,24 @@ def test_bad_class_subsets_are_data_errors(cifar10_file, classes):
     assert "class" in one_line_error(excinfo)
 
 
+def test_a_class_subset_with_an_empty_split_is_a_data_error(tmp_path, no_download):
+    """Classes with no test (or training) images fail at once, naming the split, the classes
+    and the fix, instead of deep in Paddle's evaluation once training has run."""
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", train_per_class=3, test_per_class=1,
+                                  train_classes=range(8), test_classes=range(5))
+    with pytest.raises(DataError) as excinfo:
+        build_datasets("cifar10", role="transfer", data_file=str(archive), classes=[5, 6])
+    assert one_line_error(excinfo) == (
+        f"the test split of {archive} has no images of the selected classes 5 (dog), 6 (frog): nothing to "
+        "evaluate on (choose classes that have test images with -o transfer.classes=[...], or use data whose "
+        "test split has these classes)")
+    with pytest.raises(DataError, match=r"^the train split of .* 8 \(ship\), 9 \(truck\): nothing to train on "
+                                        r"\(choose classes that have train images with -o pretrain.classes"):
+        build_datasets("cifar10", data_file=str(archive), classes=[8, 9])  # no split has them: train is named first
+    data = build_datasets("cifar10", data_file=str(archive), classes=[4, 5])  # one class in test is enough
+    assert (len(data.train), len(data.test)) == (6, 1)
+
+
 @pytest.mark.parametrize("size", [16, 224])
 def test_images_stay_at_their_stored_size_and_are_resized_per_item(cifar10_file, size):
     """A 224 px model on CIFAR must not hold 49x the pixels in memory; the items are the

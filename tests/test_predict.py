@@ -234,3 +234,26 @@ def test_cli_errors_exit_2_with_one_line(setup, tmp_path, capsys):
 
 def test_predictor_is_exported():
     assert ppadapt.Predictor is Predictor
+
+
+def test_predict_and_export_do_not_import_the_training_stack(setup, tmp_path):
+    """Prediction and export need the model and its run folder, not the trainer: in a fresh
+    process, importing both apps, predicting (API and command line) and exporting leave no
+    ``ppadapt.training`` module loaded."""
+    image = next(setup["images"].glob("*.png"))
+    script = f"""
+import sys
+import ppadapt.apps.predict, ppadapt.apps.export
+from ppadapt.apps.predict import Predictor, predict_main
+from ppadapt.apps.export import export_model
+assert "labels" in Predictor({str(setup["frozen"])!r})({str(image)!r})
+assert predict_main(["--checkpoint", {str(setup["frozen"])!r}, {str(image)!r}, "--json"]) == 0
+export_model({str(setup["frozen"])!r}, {str(tmp_path / "export")!r}, log=lambda line: None)
+print("training modules:", sorted(m for m in sys.modules if m.startswith("ppadapt.training")))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "training modules: []", proc.stdout[-2000:]
+    assert (tmp_path / "export" / "inference.pdiparams").is_file()

@@ -6,22 +6,12 @@ ends the program with one ``error:`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..config import CONFIG_DIR, Config, load_config, set_value, validate
-from ..errors import PPAdaptError, PPAdaptWarning
+from .tool import ArgumentParser, run_tool
 
 DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors (unknown option, bad number, bad choice) are one ``error:``
-    line with exit status 2, like every other user error, instead of the usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -102,34 +92,6 @@ def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
     return cfg
 
 
-def _run(main: Callable[[], int]) -> int:
-    from ..errors import TrainingInterrupted
-
-    try:
-        with warnings.catch_warnings():
-            # Paddle's own train_batch copies a tensor the way it warns users not to, every step.
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-            others = warnings.showwarning
-
-            def show(message, category, filename, lineno, file=None, line=None) -> None:
-                """ppadapt's own warnings as one ``warning: ...`` line; others as they were."""
-                if issubclass(category, PPAdaptWarning):
-                    print(f"warning: {message}", file=sys.stderr if file is None else file)
-                else:
-                    others(message, category, filename, lineno, file, line)
-            warnings.showwarning = show
-            return main()
-    except PPAdaptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:  # Ctrl-C during training: says where it saved and how to go on
-        print(str(exc), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted: the files already written in the run directory are kept", file=sys.stderr)
-        return 130
-
-
 def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
     """Switch the model to a PaddleClas ViT architecture: a plain ViT, so the
     AdaptFormer branches come only from the transfer method.
@@ -179,7 +141,7 @@ def train_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> i
         run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"),
                   callbacks=callbacks)
         return 0
-    return _run(main)
+    return run_tool(main)
 
 
 def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
@@ -241,4 +203,4 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
         run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"),
                   callbacks=callbacks)
         return 0
-    return _run(main)
+    return run_tool(main)

@@ -31,8 +31,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import paddle
+import paddle.inference as paddle_infer
+import yaml
+from paddle.static import InputSpec
 
 from ..errors import ConfigError, PPAdaptError
+from ..methods import get_method
+from ..runs.loading import describe, load_run
+from ..utils.files import ensure_writable
+from ..utils.formatting import format_size
+from .tool import ArgumentParser, run_tool
 
 PREFIX = "inference"
 META_FILE = f"{PREFIX}.yml"
@@ -66,20 +75,13 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
                  onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
                  log: Callable[[str], None] = print) -> ExportResult:
     """Export the run at ``checkpoint`` (run dir or ``.pdparams``) to ``output``; see the module docstring."""
-    import paddle
-    from paddle.static import InputSpec
-
-    from ..methods import get_method
-    from ..runs.layout import ensure_writable
-    from ..runs.loading import describe, load_run
-
     if onnx and importlib.util.find_spec("paddle2onnx") is None:
         raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
                           "(pip install paddle2onnx, or export without --onnx)")
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} exists and is not a folder")
-    ensure_writable(out)  # before the model is loaded: an unwritable --output fails at once
+    ensure_writable(out, ExportError)  # before the model is loaded: an unwritable --output fails at once
 
     run = load_run(checkpoint, weights)
     log(describe(run))
@@ -155,8 +157,6 @@ def _without_known_noise():
 
 
 def _inference_predictor(model_file: Path, params_file: Path):
-    import paddle.inference as paddle_infer
-
     config = paddle_infer.Config(str(model_file), str(params_file))
     config.disable_glog_info()
     return paddle_infer.create_predictor(config)
@@ -188,10 +188,7 @@ def _check(predictor, probe: np.ndarray, reference: np.ndarray) -> float:
 
 
 def _write_meta(result: ExportResult, run) -> None:
-    import paddle
-    import yaml
-
-    from .. import __version__
+    from .. import __version__  # ppadapt/__init__.py imports the apps: read it when the package is complete
 
     size = run.img_size
     meta = {
@@ -238,18 +235,11 @@ def _to_onnx(result: ExportResult, opset: int) -> Path:
     return target
 
 
-def _size(path: Path) -> str:
-    n = path.stat().st_size
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
-
-
 ROLES = {".json": "program (PIR)", ".pdmodel": "program", ".pdiparams": "weights",
          ".info": "weights info", ".yml": "class names and preprocessing", ".onnx": "ONNX model"}
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    from .cli import ArgumentParser, _run
-
     p = ArgumentParser(
         prog="export.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged.\n\n"
@@ -275,7 +265,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         print(f"exported to {result.output} (input '{result.input_name}' [N, 3, "
               f"{result.img_size}, {result.img_size}] float32, output '{result.output_name}' logits):")
         for path in result.files:
-            print(f"  {path}  {_size(path)}, {ROLES.get(path.suffix, '')}")
+            size = format_size(path.stat().st_size, ("KiB", "MiB"))
+            print(f"  {path}  {size}, {ROLES.get(path.suffix, '')}")
         return 0
-    return _run(main)
+    return run_tool(main)
 

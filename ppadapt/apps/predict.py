@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import paddle
+import paddle.nn.functional as F
+from PIL import Image
 
+from ..data.images import IMAGE_SUFFIX_TEXT, IMAGE_SUFFIXES, decode_image, first_paths, is_image_name
+from ..data.transforms import EvalTransform
 from ..errors import ConfigError, DataError
+from ..runs.loading import describe, load_run
+from .tool import ArgumentParser, run_tool
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 DEFAULT_TOPK = 5
 DEFAULT_BATCH = 32
 
@@ -44,9 +50,6 @@ class Predictor:
 
     def __init__(self, checkpoint: str | os.PathLike, topk: int = DEFAULT_TOPK, *,
                  weights: str | None = None, batch_size: int = DEFAULT_BATCH) -> None:
-        from ..data.transforms import EvalTransform
-        from ..runs.loading import load_run
-
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ConfigError(f"topk must be a positive integer, got {topk!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -64,8 +67,6 @@ class Predictor:
     @staticmethod
     def read_image(path: str | os.PathLike) -> np.ndarray:
         """The image file at ``path`` as uint8 H x W x 3 RGB; DataError if it cannot be read."""
-        from ..data.folder import decode_image
-
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"image not found: {path}")
@@ -79,11 +80,7 @@ class Predictor:
         """A path, PIL image or numpy array as uint8 H x W x 3 RGB."""
         if isinstance(image, (str, os.PathLike)):
             return cls.read_image(image)
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - Pillow is a dependency
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
         if isinstance(image, np.ndarray):
             return _array_to_rgb(image)
@@ -96,9 +93,6 @@ class Predictor:
     # -- outputs -----------------------------------------------------------------
     def probabilities(self, images: Sequence[Any]) -> np.ndarray:
         """Softmax probabilities, N x classes (float32), of a list of images, in batches."""
-        import paddle
-        import paddle.nn.functional as F
-
         out = np.empty((len(images), len(self.class_names)), dtype=np.float32)
         with paddle.no_grad():
             for start in range(0, len(images), self.batch_size):
@@ -151,7 +145,7 @@ def expand_images(specs: Iterable[str]) -> list[Path]:
     """Files, folders (searched recursively) and glob patterns (``**`` recursive), as files.
 
     A file named explicitly is taken whatever its name; folders and patterns give
-    only files with an image suffix (:data:`IMAGE_SUFFIXES`), hidden ones left out.
+    only files with an image suffix (:data:`ppadapt.data.images.IMAGE_SUFFIXES`), hidden ones left out.
     Order: as given; a folder's images and a pattern's matches sorted by path.
     Duplicates are kept once. A path that does not exist, a pattern that matches
     nothing and a folder without images are DataErrors.
@@ -162,7 +156,7 @@ def expand_images(specs: Iterable[str]) -> list[Path]:
         if path.is_dir():
             found = _folder_images(path)
             if not found:
-                raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+                raise DataError(f"no images ({IMAGE_SUFFIX_TEXT}) in folder {path}")
             out += found
         elif path.is_file():
             out.append(path)
@@ -193,8 +187,7 @@ def _folder_images(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        found += [Path(root) / f for f in sorted(files) if is_image_name(f)]
     return found
 
 
@@ -208,8 +201,6 @@ def format_result(image: str, result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import ArgumentParser
-
     p = ArgumentParser(
         prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify images with a trained run (top-k labels with softmax probabilities).\n\n"
@@ -232,14 +223,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
-    from .cli import _run
-
     args = _parser().parse_args(argv)
 
     def main() -> int:
-        from ..data.folder import decode_image, first_paths
-        from ..runs.loading import describe
-
         if args.topk < 1:
             raise ConfigError(f"--topk must be at least 1, got {args.topk}")
         if args.batch_size < 1:
@@ -267,13 +253,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         if len(skipped) == len(files):  # the error alone says it
             raise DataError(f"none of the {len(files)} image file(s) could be read as an image "
                             f"({first_paths(skipped)}); "
-                            f"pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}) that open in an image viewer")
+                            f"pass image files ({IMAGE_SUFFIX_TEXT}) that open in an image viewer")
         if args.json:
             json.dump(results, sys.stdout, indent=2)
             sys.stdout.write("\n")
         return 0
     try:
-        return _run(main)
+        return run_tool(main)
     except BrokenPipeError:  # e.g. `predict.py ... | head`: the reader has all it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again

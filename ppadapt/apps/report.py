@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import ConfigError, DataError, PPAdaptError
+from ..utils.formatting import format_size
+from .tool import ArgumentParser, run_tool
+from .vdl import log_files, plot_runs
 
 RUN_RECORD = "run.json"
 PPT_SCALE = 1e7  # V-PETL Bench's normalising constant C
@@ -208,14 +211,8 @@ def select_runs(runs: Sequence[RunSummary], stage: str | None = None, sort: str 
 # --- rendering ---------------------------------------------------------------
 
 def human_size(nbytes: int | None) -> str:
-    """File size for people: kB below 1 MB, then MB, GB (decimal units)."""
-    if nbytes is None:
-        return "-"
-    if nbytes < 1e6:
-        return f"{nbytes / 1e3:.1f} kB"
-    if nbytes < 1e9:
-        return f"{nbytes / 1e6:.2f} MB"
-    return f"{nbytes / 1e9:.2f} GB"
+    """File size for people: kB below 1 MB, then MB, GB (decimal units); ``-`` if unknown."""
+    return format_size(nbytes, ("kB", "MB", "GB"), {"kB": 1, "MB": 2, "GB": 2})
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -270,8 +267,6 @@ def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) ->
     """Train loss, eval top-1 and learning rate of the runs, one line each, into
     ``out_png`` (via :func:`ppadapt.apps.vdl.plot_runs`). Runs without a VisualDL log are
     left out; returns the ones plotted. DataError if none has a log."""
-    from .vdl import log_files, plot_runs
-
     out_png = Path(out_png)
     _check_image_type(out_png)
     dirs = [r.run_dir if isinstance(r, RunSummary) else Path(r) for r in runs]
@@ -282,14 +277,14 @@ def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) ->
         fig = plot_runs(plotted, out_png)
     except OSError as exc:
         raise PPAdaptError(f"cannot write {out_png}: {exc.strerror or exc}") from None
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow to import (~0.4 s): only when plotting
 
     plt.close(fig)
     return plotted
 
 
 def _check_image_type(path: Path) -> None:
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # slow to import: only with --plot
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lstrip(".").lower() not in kinds:
@@ -300,8 +295,6 @@ def _check_image_type(path: Path) -> None:
 # --- command line ------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import ArgumentParser
-
     p = ArgumentParser(
         prog="report.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compare finished runs: a V-PETL Bench-style Markdown table (or CSV) and their curves.\n\n"
@@ -341,8 +334,6 @@ def report(paths: Sequence[str | Path], stage: str | None = None, sort: str = "p
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``report.py``: user errors end as one ``error:`` line, exit 2."""
-    from .cli import _run
-
     args = build_parser().parse_args(argv)
 
     def main() -> int:
@@ -356,4 +347,4 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         text = csv_table(runs) if args.csv else markdown_table(runs)
         print(text, end="" if text.endswith("\n") else "\n")
         return 0
-    return _run(main)
+    return run_tool(main)

@@ -57,7 +57,7 @@ def read_scalars(logdir: str | Path) -> Scalars:
     files = log_files(logdir)
     if not files:
         raise DataError(f"no VisualDL log (vdlrecords.*.log) in {logdir}")
-    from visualdl import LogReader
+    from visualdl import LogReader  # slow to import: only when a log is read
 
     # file_path mode parses one file in full; logdir mode would go through
     # VisualDL's server-side data manager, which samples long curves down.
@@ -82,13 +82,13 @@ def _pyplot():
     keeps its backend; a headless script or CI job gets Agg instead of failing to
     open a window.
     """
-    import matplotlib
+    import matplotlib  # slow to import, and the backend must be chosen before pyplot is imported
 
     headless = (sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
                 and not os.environ.get("WAYLAND_DISPLAY"))
     if headless and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend choice above
 
     return plt
 
@@ -107,7 +107,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None,
     data = {run: read_scalars(run / "vdl") for run in runs}
 
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # matplotlib: only when plotting
 
     fig, axes = plt.subplots(1, len(tags), figsize=(4.5 * len(tags), 3.6), squeeze=False)
     for ax, tag in zip(axes[0], tags):

@@ -74,11 +74,31 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
             raise ValueError(f"normalization must be (mean, std) of 3 values each, std > 0; got {normalization!r}")
 
     splits = select_classes(splits, classes)
+    _check_not_empty(splits, name, role, classes, data_file or data_dir)
     eval_transform = EvalTransform(mean, std, img_size)
     train_transform = TrainTransform(img_size, mean, std, flip=flip) if augment else eval_transform
     return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
                          test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),
                          class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std))
+
+
+def _check_not_empty(splits: Splits, name: str, role: str, classes: Sequence[int] | None,
+                     source: str | Path | None) -> None:
+    """A DataError naming the split, the classes and the fix when a split has no images:
+    training needs batches and evaluation needs test images (an empty split would fail
+    deep inside Paddle, after the model is built)."""
+    where = source or name
+    for split, labels, purpose in (("train", splits.train_labels, "train on"),
+                                   ("test", splits.test_labels, "evaluate on")):
+        if len(labels):
+            continue
+        if classes:
+            selected = ", ".join(f"{c} ({n})" for c, n in zip(classes, splits.class_names))
+            raise DataError(f"the {split} split of {where} has no images of the selected classes {selected}: "
+                            f"nothing to {purpose} (choose classes that have {split} images with "
+                            f"-o {role}.classes=[...], or use data whose {split} split has these classes)")
+        raise DataError(f"the {split} split of {where} has no images: nothing to {purpose} "
+                        f"(use a complete {name} dataset)")
 
 
 def class_count(cfg, stage: str) -> int:

@@ -24,7 +24,7 @@ def load_digits_splits(role: str = "pretrain") -> Splits:
     as uint8 8x8x3 (grey replicated to RGB), 0..16 scaled to 0..255.
     """
     from sklearn.datasets import load_digits  # imported here: sklearn is slow to import
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # sklearn, as above
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")

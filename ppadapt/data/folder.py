@@ -7,20 +7,15 @@ the small folders this is meant for fit comfortably in memory.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError, PPAdaptWarning
 from .arrays import Splits, resize_image
+from .images import IMAGE_SUFFIX_TEXT, decode_image, first_paths, is_image_name
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 FOLDER_MEAN = (0.5, 0.5, 0.5)
 FOLDER_STD = (0.5, 0.5, 0.5)
 _LAYOUT = "DIR/train/<class>/*, DIR/test/<class>/*"
@@ -53,7 +48,7 @@ def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
 
     files = {split: _image_files(path, class_names) for split, path in split_dirs.items()}
     if not files["train"] and not files["test"]:
-        raise DataError(f"no images in {root} (expected {', '.join(sorted(IMAGE_SUFFIXES))} files in {_LAYOUT})")
+        raise DataError(f"no images in {root} (expected {IMAGE_SUFFIX_TEXT} files in {_LAYOUT})")
     if len(class_names) < 2:
         raise DataError(f"image folder {root} has {len(class_names)} class folder(s) in train, "
                         f"a classifier needs at least 2 (add DIR/train/<class>/ folders)")
@@ -85,7 +80,7 @@ def _image_files(split_dir: Path, class_names: list[str]) -> list[tuple[Path, in
     return [(path, label)
             for label, name in enumerate(class_names)
             for path in sorted((split_dir / name).iterdir())
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")]
+            if path.is_file() and is_image_name(path)]
 
 
 def _decode_all(items: list[tuple[Path, int]], img_size: int,
@@ -102,49 +97,3 @@ def _decode_all(items: list[tuple[Path, int]], img_size: int,
         labels[count] = label
         count += 1
     return images[:count], labels[:count]
-
-
-def first_paths(paths: list[Path], limit: int = 3) -> str:
-    """``"a.png, b.png, c.png, ..."``: the files a skip warning or error names."""
-    return ", ".join(str(p) for p in paths[:limit]) + (", ..." if len(paths) > limit else "")
-
-
-def decode_image(path: Path) -> np.ndarray | None:
-    """The image at ``path`` as uint8 H x W x 3 RGB, or None when it cannot be decoded.
-
-    OpenCV first (fast; grey, alpha and 16-bit are converted to 8-bit colour),
-    Pillow as the fallback for what this OpenCV build cannot read.
-    """
-    try:
-        encoded = np.fromfile(str(path), dtype=np.uint8)  # unlike cv2.imread, handles any path name
-    except OSError:
-        return None
-    with _native_stderr_silenced():  # libpng prints "libpng error: ..." for a corrupt PNG
-        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
-    if image is not None:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    try:
-        with Image.open(path) as pil:
-            return np.asarray(pil.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Discard what C libraries write straight to file descriptor 2 during the block: an
-    unreadable image is reported once, by the caller, not also by the decoder."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (some notebook kernels): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -11,6 +11,8 @@ from typing import Callable
 
 import paddle.nn as nn
 
+from ..utils.formatting import format_size
+
 
 def set_trainable(model: nn.Layer, is_trainable: Callable[[str], bool]) -> None:
     """Mark each parameter of ``model`` trainable iff ``is_trainable(name)``."""
@@ -40,8 +42,9 @@ class ParamCount:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
+        size = format_size(self.trainable_bytes, ("MiB",), decimals=2)
         return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
-                f"({self.percent:.2f}%), {self.trainable_bytes / 2**20:.2f} MiB; "
+                f"({self.percent:.2f}%), {size}; "
                 f"{self.without_head:,} without the head")
 
 

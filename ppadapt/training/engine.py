@@ -17,13 +17,14 @@ import numpy as np
 import paddle
 
 from ..config import Config, transfer_method
+from ..errors import TrainingError
 from ..methods.build import apply_freezing, apply_transfer_method, build_model
 from ..methods.trainable import ParamCount, count_parameters
 from ..models.vit import VisionTransformer
 from ..runs.adapter_file import load_adapter
 from ..runs.checkpoint import load_weights
-from ..runs.layout import ensure_writable
 from ..runs.pretrained import load_pretrained
+from ..utils.files import ensure_writable
 from .data_loading import load_datasets, make_loaders
 from .distributed import rank_and_size
 from .plan import StagePlan, plan_stage
@@ -79,7 +80,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print, ve
 
 def prepare_output(plan: StagePlan, log: Callable[[str], None]) -> None:
     """An unwritable output fails before any time is spent on data and training."""
-    ensure_writable(plan.run_dir)
+    ensure_writable(plan.run_dir, TrainingError)
     if not plan.resumed and (plan.run_dir / RESUME_FILE).is_file():
         log(f"note: {plan.run_dir} holds a {RESUME_FILE} of an earlier run; this run replaces it after its "
             "first epoch (to continue the earlier run instead, stop now and add --resume)")

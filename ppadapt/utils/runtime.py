@@ -24,6 +24,8 @@ Values the user has set (the environment variables named here) are never overrid
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import os
 import sys
@@ -73,7 +75,7 @@ def tune_cpu_runtime() -> dict[str, str]:
     Does nothing when Paddle runs on an accelerator, or for a setting whose
     environment variable the user has set.
     """
-    import paddle
+    import paddle  # not at the top: this module runs before Paddle is imported (apply_cpu_defaults)
 
     if not paddle.device.get_device().startswith("cpu"):
         return {}
@@ -89,9 +91,6 @@ def tune_cpu_runtime() -> dict[str, str]:
 def _keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds; False where there is no glibc."""
     try:
-        import ctypes
-        import ctypes.util
-
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
@@ -115,7 +114,7 @@ def import_paddle_quietly() -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ccache.*")
         with contextlib.redirect_stderr(captured):
-            import paddle  # noqa: F401
+            import paddle  # noqa: F401  (the import this function exists for, with its output captured)
     noise = ("OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY")
     rest = [line for line in captured.getvalue().splitlines()
             if line.strip() and not any(n in line for n in noise)]

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 import paddle
 import paddle.nn as nn
 
+from ...methods.lora import LoRA
+
 
 @dataclass(frozen=True)
 class MatmulFlops:
@@ -104,14 +106,6 @@ def _is_attention(layer: nn.Layer) -> bool:
     return hasattr(layer, "num_heads") and isinstance(getattr(layer, "qkv", None), nn.Layer)
 
 
-def _lora_class():
-    try:
-        from ...methods.lora import LoRA
-        return LoRA
-    except ImportError:  # pragma: no cover - the method package is optional here
-        return None
-
-
 class _Counter:
     """Registers the hooks on a model and accumulates a :class:`StepFlops`."""
 
@@ -119,13 +113,12 @@ class _Counter:
         self.flops = StepFlops()
         self.handles = []
         self.qkv_grad: dict[int, bool] = {}  # id(attention layer) -> its qkv output needs a gradient
-        lora_cls = _lora_class()
         for name, layer in model.named_sublayers(include_self=True):
             if isinstance(layer, nn.Linear):
                 self.handles.append(layer.register_forward_post_hook(self._linear(name)))
             elif isinstance(layer, nn.Conv2D):
                 self.handles.append(layer.register_forward_post_hook(self._conv(name)))
-            elif lora_cls is not None and isinstance(layer, lora_cls):
+            elif isinstance(layer, LoRA):
                 self.handles.append(layer.register_forward_post_hook(self._lora(name)))
             if _is_attention(layer):
                 # Registered after the methods' own hooks on qkv (LoRA, SSF), so it sees
