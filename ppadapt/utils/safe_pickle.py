@@ -87,7 +87,10 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
 
 
 def _dtype(spec: Any, *args: Any) -> np.dtype:
-    """``numpy.dtype(spec, align, copy)`` for a type code string of a non-object dtype."""
+    """``numpy.dtype(spec, align, copy)`` for a type code string of a non-object dtype
+    (bytes in Python 2 pickles read with ``encoding="bytes"``)."""
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii", "replace")
     if not isinstance(spec, str):
         raise UnsafePickleError("numpy.dtype", f"of a {type(spec).__name__} instead of a type code")
     return _plain_dtype(np.dtype(spec, *args), "numpy.dtype")
