@@ -28,6 +28,7 @@ from ..runs.adapter_file import load_adapter, save_adapter
 from ..runs.checkpoint import atomic_save, load_weights
 from ..runs.layout import run_dir
 from ..runs.pretrained import load_pretrained, pretrained_normalization, resolve_pretrained
+from ..runs.record import RunRecord
 from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, TrainingGuard, VisualDLLogger,
                         WarmupEpochCosine, WarmupStepCosine)
 from .resume import (RESUME_FILE, TOOLS, ResumePoint, StopRequest, TrainingError, TrainingInterrupted,
@@ -206,12 +207,10 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
     optimizer = make_optimizer(model, cfg, stage)
     net.prepare(optimizer, paddle.nn.CrossEntropyLoss(), paddle.metric.Accuracy(topk=topk))
     if point is None:
-        meta = {"stage": stage, "dataset": st.dataset,
-                "method": transfer_method(cfg) if stage == "transfer" else "full",
-                "class_names": data.class_names, "mean": list(data.mean), "std": list(data.std),
-                "config": cfg.to_dict(),
-                "params": {"trainable": params.trainable, "total": params.total,
-                           "head": params.head, "without_head": params.without_head}}
+        meta = RunRecord.header(stage=stage, dataset=st.dataset,
+                                method=transfer_method(cfg) if stage == "transfer" else "full",
+                                class_names=data.class_names, mean=data.mean, std=data.std,
+                                config=cfg.to_dict(), params=params)
     else:
         meta = dict(point.state.get("meta") or {})
     resume_path = out / RESUME_FILE
