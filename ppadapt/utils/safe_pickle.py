@@ -54,12 +54,13 @@ class UnsafePickleError(pickle.UnpicklingError):
         super().__init__(f"{self.target} is not allowed" + (f" ({self.detail})" if self.detail else ""))
 
 
-class _Marker:
-    """What ``find_class`` returns for a class that a pickle may name as an argument
-    (``numpy.ndarray`` for ``_reconstruct``) but never call itself."""
+class _NDArrayMarker:
+    """What ``find_class`` returns for ``numpy.ndarray``: pickles name the class as
+    ``_reconstruct``'s argument, never call it themselves. No attributes (``__slots__``),
+    so a pickle's ``BUILD`` cannot change it for later loads."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
+    __slots__ = ()
+    target = "numpy.ndarray"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsafePickleError(self.target, "called directly instead of through numpy's array pickling")
@@ -68,7 +69,7 @@ class _Marker:
         return f"<{self.target} (allowed as an argument only)>"
 
 
-NDARRAY = _Marker("numpy.ndarray")
+NDARRAY = _NDArrayMarker()
 
 
 def _plain_dtype(value: Any, target: str) -> np.dtype:
@@ -86,14 +87,15 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return _np_reconstruct(np.ndarray, shape, dtype)
 
 
-def _dtype(spec: Any, *args: Any) -> np.dtype:
-    """``numpy.dtype(spec, align, copy)`` for a type code string of a non-object dtype
-    (bytes in Python 2 pickles read with ``encoding="bytes"``)."""
+def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype(spec, align, copy=True)`` for a type code string of a non-object dtype
+    (bytes in Python 2 pickles read with ``encoding="bytes"``). Always a copy, as numpy
+    pickles it: the ``BUILD`` that follows must not change numpy's shared dtype objects."""
     if isinstance(spec, bytes):
         spec = spec.decode("ascii", "replace")
     if not isinstance(spec, str):
         raise UnsafePickleError("numpy.dtype", f"of a {type(spec).__name__} instead of a type code")
-    return _plain_dtype(np.dtype(spec, *args), "numpy.dtype")
+    return _plain_dtype(np.dtype(spec, bool(align), True), "numpy.dtype")
 
 
 def _scalar(dtype: Any, *args: Any) -> Any:
