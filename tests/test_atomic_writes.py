@@ -32,7 +32,7 @@ from ppadapt.runs.adapter_file import read_adapter, save_adapter
 from ppadapt.runs.checkpoint import atomic_save, atomic_write_json, load_state_dict
 from ppadapt.apps.cli import transfer_main
 from ppadapt.errors import CheckpointError, CheckpointWriteError
-from ppadapt.training.resume import load_checkpoint
+from ppadapt.runs.resume_file import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

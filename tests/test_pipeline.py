@@ -11,7 +11,7 @@ from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.runs.checkpoint import atomic_save, load_state_dict
 from ppadapt.training.engine import run_stage
 from ppadapt.training.plan import plan_stage
-from ppadapt.training.resume import FORMAT, load_checkpoint
+from ppadapt.runs.resume_file import FORMAT, load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "adapter.bottleneck=8",

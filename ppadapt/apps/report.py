@@ -21,19 +21,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import ConfigError, DataError, PPAdaptError
+from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError
+from ..runs.record import RUN_RECORD, RunRecord, read_record
 from ..utils.formatting import format_size
 from .tool import ArgumentParser, run_tool
 from .vdl import log_files, plot_runs
 
-RUN_RECORD = "run.json"
 PPT_SCALE = 1e7  # V-PETL Bench's normalising constant C
 SORT_KEYS = ("ppt", "top1", "name")
 STAGES = ("pretrain", "transfer")
@@ -129,33 +128,30 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _read_record(run_dir: Path) -> dict:
-    path = run_dir / RUN_RECORD
+def _read_record(run_dir: Path) -> RunRecord:
+    """The run's record, old and unfinished ones too: only the parameter counts are needed."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read run record {path}: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
-        raise DataError(f"{path} is not a ppadapt run record (no 'params' entry)")
-    return record
+        return read_record(run_dir, require=("params",))
+    except CheckpointError as exc:  # for the report, an unreadable run is bad input data
+        raise DataError(str(exc)) from None
 
 
-def _legacy_method(record: dict, stage: str) -> str:
+def _legacy_method(record: RunRecord, stage: str) -> str:
     """The method of a record written before ``method`` was: pretraining trains
     everything; ``transfer.freeze`` meant AdaptFormer."""
     if stage != "transfer":
         return "full"
-    config = record.get("config") or {}
+    config = record.config or {}
     if (config.get("transfer") or {}).get("freeze"):
         return "adaptformer"
     return (config.get("method") or {}).get("name") or "full"
 
 
-def _legacy_head(record: dict) -> int | None:
+def _legacy_head(record: RunRecord) -> int | None:
     """Head size of a record written before ``params.head`` was: a Linear from the
     model width to the classes (weight + bias); ``None`` if the record lacks them."""
-    width = ((record.get("config") or {}).get("model") or {}).get("embed_dim")
-    classes = record.get("class_names")
+    width = ((record.config or {}).get("model") or {}).get("embed_dim")
+    classes = record.class_names
     if not isinstance(width, int) or not isinstance(classes, list):
         return None
     return width * len(classes) + len(classes)
@@ -170,20 +166,20 @@ def load_run(run_dir: str | Path) -> RunSummary:
     """Summarise one run folder (DataError if its ``run.json`` is unreadable)."""
     run_dir = Path(run_dir)
     record = _read_record(run_dir)
-    stage = record.get("stage") or "?"
-    params = record["params"]
+    stage = record.stage or "?"
+    params = record.params
     head = params.get("head")
     if head is None:
         head = _legacy_head(record)
-    history = [h for h in record.get("history") or [] if isinstance(h, dict)]
+    history = [h for h in record.history or [] if isinstance(h, dict)]
     seconds = [float(h["train_seconds"]) for h in history if h.get("train_seconds") is not None]
-    best, final = record.get("best"), record.get("final")
-    epochs = ((record.get("config") or {}).get(stage) or {}).get("epochs")
+    best, final = record.best, record.final
+    epochs = ((record.config or {}).get(stage) or {}).get("epochs")
     checkpoint = next((p for p in (run_dir / "adapter.pdparams", run_dir / "final.pdparams") if p.is_file()),
                       None)
     return RunSummary(
-        run_dir=run_dir, stage=stage, method=record.get("method") or _legacy_method(record, stage),
-        dataset=record.get("dataset") or "?", trainable=int(params.get("trainable", 0)),
+        run_dir=run_dir, stage=stage, method=record.method or _legacy_method(record, stage),
+        dataset=record.dataset or "?", trainable=int(params.get("trainable", 0)),
         total=int(params.get("total", 0)), head=None if head is None else int(head),
         top1_best=_percent(best), best_epoch=(best or {}).get("epoch"), top1_final=_percent(final),
         finished=final is not None, epochs_done=len(history),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..utils import safe_pickle
 from .arrays import Splits
 
 
@@ -165,26 +166,12 @@ def _other_variant(member: str, spec: CifarSpec) -> CifarSpec | None:
     return None
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays: the batches need nothing else, and a
-    user-supplied archive must not be able to run code through pickle."""
-
-    _ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                          ("numpy", "ndarray"), ("numpy", "dtype"),
-                          ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                          ("_codecs", "encode")})  # protocol-2 pickles store array bytes via _codecs
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
-        return super().find_class(module, name)
-
-
 def _unpickle(file: io.BufferedReader | None) -> Any:
     if file is None:
         raise tarfile.ReadError("member cannot be extracted")
     with file:
-        return _ArrayUnpickler(file, encoding="bytes").load()
+        # numpy arrays only: a user-supplied archive must not be able to run code through pickle
+        return safe_pickle.load(file, safe_pickle.NUMPY_ARRAYS, encoding="bytes")
 
 
 def _batch_arrays(batch: Any, member: str, path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,11 @@ the previous file is intact. Only a process killed outright (SIGKILL, power loss
 leaves its temporary file (``.NAME.<host>-<pid>-<random>.tmp``) behind; the next
 save of the same file removes those of processes of this host that no longer run.
 
-Loading turns Paddle's various exceptions (``ValueError`` with a C++ stack,
-``EOFError: Ran out of input``, ...) into a one-line :class:`CheckpointError`, and
+Loading never runs code from the file: :func:`load_state_dict` reads it through
+:mod:`ppadapt.runs.paddle_pickle` (the values ``paddle.load`` gives, from a restricted
+unpickler), so a ``.pdparams`` that would call anything but numpy's and Paddle's own
+tensor pickling is refused with one line before any of it runs. A truncated or
+corrupt file (``EOFError: Ran out of input``, ...) is a one-line :class:`CheckpointError`, and
 :func:`load_weights` checks names and shapes before copying anything, so a
 checkpoint of another architecture fails with a list of the differences instead of
 loading partially with a warning.
@@ -32,9 +35,13 @@ import numpy as np
 import paddle
 
 from ..errors import CheckpointError, CheckpointWriteError
+from ..utils.safe_pickle import UnsafePickleError
+from . import paddle_pickle
 
 _SHOWN = 4  # names listed per kind of mismatch before "and N more"
 _INTACT = "pass an intact .pdparams (copy it again, or re-run the training that wrote it)"
+_TRUSTED = ("pass a .pdparams that paddle.save wrote from a state dict, or that ppadapt wrote, from a "
+            "source you trust")
 
 
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # temp files of another host are never touched
@@ -160,8 +167,15 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (paddle.Tensor, np.ndarray))
 
 
+def refused(what: str, exc: UnsafePickleError, fix: str) -> str:
+    """The one-line message of a file refused because loading it would run code."""
+    detail = f" {exc.detail}" if exc.detail else ""
+    return (f"{what} was not loaded: it asks to call {exc.target}{detail}, and ppadapt loads only data "
+            f"(arrays, numbers, strings, lists, dicts) from such files, so nothing in it was run ({fix})")
+
+
 def load_failure(exc: Exception, path: str | os.PathLike) -> str:
-    """``"ValueError: ..."``: the first line of what ``paddle.load`` raised for ``path``,
+    """``"ValueError: ..."``: the first line of what loading ``path`` raised,
     short and without the path (the message around it names the file)."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     reason = reason.replace(f":{path}", "").replace(str(path), "the file")
@@ -182,13 +196,15 @@ def load_state_dict(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy? "
                               "Re-create or re-download it")
     try:
-        state = paddle.load(path)
-    except Exception as e:  # Paddle raises ValueError, EOFError, UnpicklingError, RuntimeError...
+        state = paddle_pickle.load(path)
+    except UnsafePickleError as e:
+        raise CheckpointError(refused(f"checkpoint {path}", e, _TRUSTED)) from None
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... of a bad file
         raise CheckpointError(
             f"checkpoint {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
             f"Paddle file ({load_failure(e, path)}); {_INTACT}") from None
     if not isinstance(state, dict) or not state or not all(_is_array(v) for v in state.values()):
-        # paddle.load falls back to parsing unknown bytes as a Program, so garbage can "load"
+        # e.g. paddle.save of a list, or a dict of numbers
         kind = f"a {type(state).__name__}" + (" of non-tensors" if isinstance(state, dict) and state else "")
         raise CheckpointError(f"checkpoint {path} is not a Paddle state dict (name -> tensor) but reads "
                               f"as {kind}: a corrupt file, or not a .pdparams of weights; {_INTACT}")

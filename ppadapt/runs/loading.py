@@ -13,15 +13,15 @@ Shared by :mod:`ppadapt.apps.predict` and :mod:`ppadapt.apps.export`.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+from .record import RUN_RECORD, RunRecord, read_record
 
 WEIGHTS = ("best", "final")
-RUN_RECORD = "run.json"
+REQUIRED = ("config", "class_names", "mean", "std")  # what a rebuild needs from run.json
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LoadedRun:
 
     model: Any  # ppadapt.models.VisionTransformer, in eval mode, every parameter frozen
     config: Any  # ppadapt.config.Config of the run
-    record: dict  # run.json
+    record: RunRecord  # run.json
     run_dir: Path
     weights: Path  # the .pdparams that was loaded
     stage: str  # "pretrain" or "transfer"
@@ -80,22 +80,6 @@ def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tu
     return path.parent, path
 
 
-def read_record(run_dir: Path) -> dict:
-    """run.json of ``run_dir``, checked for the keys a rebuild needs."""
-    path = run_dir / RUN_RECORD
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} cannot be read as JSON ({type(exc).__name__}: {exc}); "
-                              "is the run directory intact?") from None
-    missing = [k for k in ("config", "class_names", "mean", "std") if k not in record] \
-        if isinstance(record, dict) else ["everything"]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}: it was not written by a ppadapt "
-                              "training run (or by an older ppadapt that did not record them)")
-    return record
-
-
 def config_from_record(data: Any):
     """The :class:`~ppadapt.config.Config` recorded in run.json, validated; a record from
     another version of ppadapt fails with the offending key named."""
@@ -109,20 +93,20 @@ def config_from_record(data: Any):
     return cfg
 
 
-def build_run_model(cfg, record: dict):
+def build_run_model(cfg, record: RunRecord):
     """The network of a run, before its weights: ``(model, method name, stage)``."""
     from ..config import transfer_method
     from ..methods.build import apply_transfer_method, build_model
 
-    stage = record.get("stage", "transfer")
+    stage = record.stage if record.stage is not None else "transfer"
     if stage not in ("pretrain", "transfer"):
         raise CheckpointError(f"run.json has an unknown stage {stage!r} (expected pretrain or transfer)")
-    class_names = record["class_names"]
+    class_names = record.class_names
     if not isinstance(class_names, list) or not class_names:
         raise CheckpointError("run.json's class_names must be a non-empty list")
     model = build_model(cfg, len(class_names))
     if stage == "transfer":
-        recorded = record.get("method")
+        recorded = record.method
         method = transfer_method(cfg)
         if recorded is not None and recorded != method:
             raise CheckpointError(f"run.json says method {recorded!r} but its config gives {method!r}")
@@ -145,8 +129,8 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
     from .checkpoint import load_state_dict, load_weights
 
     run_dir, weights_file = resolve_checkpoint(checkpoint, weights)
-    record = read_record(run_dir)
-    cfg = config_from_record(record["config"])
+    record = read_record(run_dir, require=REQUIRED)
+    cfg = config_from_record(record.config)
     model, method, stage = build_run_model(cfg, record)
     state = load_state_dict(str(weights_file))
     if META_KEY in state:
@@ -160,9 +144,9 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
     model.eval()
     for param in model.parameters():
         param.stop_gradient = True
-    mean, std = _triple(record["mean"], "mean"), _triple(record["std"], "std")
+    mean, std = _triple(record.mean, "mean"), _triple(record.std, "std")
     return LoadedRun(model=model, config=cfg, record=record, run_dir=run_dir, weights=weights_file,
-                     stage=stage, method=method, class_names=[str(c) for c in record["class_names"]],
+                     stage=stage, method=method, class_names=[str(c) for c in record.class_names],
                      mean=mean, std=std)
 
 
@@ -183,5 +167,5 @@ def describe(run: LoadedRun) -> str:
             f"width {m.embed_dim}, depth {m.depth}; {run.num_classes} classes)")
 
 
-__all__ = ["LoadedRun", "WEIGHTS", "build_run_model", "config_from_record", "describe", "load_run",
-           "read_record", "resolve_checkpoint"]
+__all__ = ["LoadedRun", "REQUIRED", "RUN_RECORD", "WEIGHTS", "build_run_model", "config_from_record", "describe",
+           "load_run", "resolve_checkpoint"]

@@ -29,7 +29,6 @@ shrinking, as ``interpolate(..., antialias=True)`` does.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -46,6 +45,7 @@ from ..methods.adaptformer import is_adapter_parameter
 from ..models.paddleclas_archs import paddleclas_weights_url
 from .checkpoint import load_state_dict, load_weights
 from .layout import default_pretrained
+from .record import read_record, record_path
 
 if TYPE_CHECKING:
     import paddle
@@ -171,14 +171,14 @@ def pretrained_normalization(value: str | None, path: str | Path | None
         return None
     if is_paddleclas_ref(value):
         return PADDLECLAS_MEAN, PADDLECLAS_STD, f"PaddleClas's, for its {paddleclas_name(value)} weights"
-    record = Path(path).parent / "run.json"
+    record = record_path(Path(path).parent)
     if record.is_file():
         try:
-            data = json.loads(record.read_text())
-            mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
+            run = read_record(record, require=("mean", "std"))
+            mean, std = tuple(float(v) for v in run.mean), tuple(float(v) for v in run.std)
             if len(mean) == len(std) == 3:
                 return mean, std, f"the pretraining run's, from {record}"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (CheckpointError, ValueError, TypeError):  # not a usable record: taken as external
             pass
     return (PADDLECLAS_MEAN, PADDLECLAS_STD,
             "PaddleClas's: a checkpoint with no ppadapt run.json beside it is taken as a PaddleClas ViT")

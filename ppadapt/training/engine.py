@@ -28,7 +28,8 @@ from ..utils.files import ensure_writable
 from .data_loading import load_datasets, make_loaders
 from .distributed import rank_and_size
 from .plan import StagePlan, plan_stage
-from .resume import RESUME_FILE, ResumePoint
+from ..runs.resume_file import RESUME_FILE
+from .resume import ResumePoint
 from .trainer import Trainer
 
 

@@ -3,7 +3,8 @@
 A run directory holds ``resume.pdckpt`` (written atomically, see
 :func:`ppadapt.runs.checkpoint.atomic_save`, by the main process only) after every
 evaluated epoch, when Ctrl-C stops a run (at the end of the batch in progress), and
-once more when the run has finished. It is one ``paddle.save`` dict:
+once more when the run has finished (its name, format tag, finding and safely reading
+it: :mod:`ppadapt.runs.resume_file`). It is one ``paddle.save`` dict:
 
 =================  ==================================================================
 ``format``         ``"ppadapt.resume"``; ``version``: 1
@@ -45,62 +46,16 @@ from typing import Any, Iterable
 import numpy as np
 import paddle
 
-from ..runs.checkpoint import load_failure
-from ..runs.layout import run_dir
 from ..config import Config, config_from_dict
 from ..errors import CheckpointError, ConfigError
-
-RESUME_FILE = "resume.pdckpt"
-FORMAT = "ppadapt.resume"
-VERSION = 1
-TOOLS = {"pretrain": "train.py", "transfer": "transfer.py"}
+from ..runs.layout import run_dir
+from ..runs.resume_file import FORMAT, VERSION, find_checkpoint, generator_state, load_checkpoint
 
 # Options that say only where things are or how they are shown: a resumed run takes
 # them from the command line. Every other option must match the checkpoint's.
 RESUME_OVERRIDABLE = ("data_file", "data_dir", "num_workers", "log_freq")
 
 
-# --- finding and reading a checkpoint ---------------------------------------------------
-
-def find_checkpoint(target: Any, default_dir: Path) -> Path:
-    """The checkpoint file of ``--resume``: ``True`` means ``default_dir`` (this config and
-    stage's run directory); otherwise a run directory or the checkpoint file itself."""
-    if target is True or target is None:
-        path = default_dir / RESUME_FILE
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (no run of this config and "
-                                  "stage saved one; start without --resume, or pass --resume RUN_DIR)")
-        return path
-    path = Path(target).expanduser()
-    if path.is_dir():
-        path = path / RESUME_FILE
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (pass a run directory "
-                                  f"that has a {RESUME_FILE}, or the file itself)")
-        return path
-    if not path.exists():
-        raise CheckpointError(f"resume checkpoint not found: {path} (pass a run directory or its {RESUME_FILE})")
-    return path
-
-
-def load_checkpoint(path: Path, stage: str | None = None) -> dict:
-    """Read a resume checkpoint (tensors as numpy arrays), checked; one-line CheckpointError."""
-    try:
-        state = paddle.load(str(path), return_numpy=True)
-    except Exception as exc:  # Paddle raises many types for a bad file
-        raise CheckpointError(f"resume checkpoint {path} cannot be read: truncated, corrupt or not a "
-                              f"Paddle file ({load_failure(exc, path)}); resume from another run "
-                              "directory, or start the run again without --resume") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a resumable checkpoint: pass the run directory or its {RESUME_FILE} "
-                              "(train.py/transfer.py write one there every epoch)")
-    if int(state.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer ppadapt (format version {state['version']}); "
-                              "update ppadapt to resume it")
-    if stage is not None and state.get("stage") != stage:
-        raise CheckpointError(f"{path} is a {state.get('stage')} checkpoint: resume it with "
-                              f"{TOOLS.get(state.get('stage'), 'the other tool')}")
-    return state
 
 
 def flat_config(data: dict) -> dict[str, Any]:
@@ -206,7 +161,7 @@ def gather_rng_states(nranks: int) -> list:
 
 
 def set_paddle_rng(blob: np.ndarray) -> None:
-    paddle.set_rng_state(pickle.loads(np.asarray(blob, dtype=np.uint8).tobytes()))
+    paddle.set_rng_state(generator_state(blob))  # unpickled allowing Paddle's GeneratorState only
 
 
 def restore_global_rng(state: dict) -> None:

@@ -17,13 +17,14 @@ from ..errors import CheckpointError, CheckpointWriteError, TrainingError, Train
 from ..methods.trainable import ParamCount
 from ..runs.adapter_file import save_adapter
 from ..runs.checkpoint import atomic_save
+from ..runs.record import RunRecord
+from ..runs.resume_file import RESUME_FILE, TOOLS
 from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean, TrainingGuard,
                         VisualDLLogger)
 from .data_loading import StageData
 from .optim import lr_callback, make_optimizer
 from .plan import StagePlan
-from .resume import (RESUME_FILE, TOOLS, capture, gather_rng_states, remap_optimizer_state,
-                     restore_global_rng)
+from .resume import capture, gather_rng_states, remap_optimizer_state, restore_global_rng
 from .signals import StopRequest, stop_on_sigint
 
 
@@ -33,15 +34,13 @@ def adapter_meta(cfg: Config) -> dict:
             "adapter": cfg.to_dict()["adapter"], "model": cfg.to_dict()["model"]}
 
 
-def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> dict:
+def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> RunRecord:
     """run.json's fields besides the history, for a fresh run (a resumed one keeps its own)."""
     cfg, stage = plan.cfg, plan.stage
-    return {"stage": stage, "dataset": cfg.stage(stage).dataset,
-            "method": transfer_method(cfg) if stage == "transfer" else "full",
-            "class_names": data.class_names, "mean": list(data.mean), "std": list(data.std),
-            "config": cfg.to_dict(),
-            "params": {"trainable": params.trainable, "total": params.total,
-                       "head": params.head, "without_head": params.without_head}}
+    return RunRecord.header(stage=stage, dataset=cfg.stage(stage).dataset,
+                            method=transfer_method(cfg) if stage == "transfer" else "full",
+                            class_names=data.class_names, mean=data.mean, std=data.std,
+                            config=cfg.to_dict(), params=params)
 
 
 class Trainer:

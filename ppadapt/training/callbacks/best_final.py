@@ -9,7 +9,8 @@ Files written in ``run_dir`` (local rank 0 only, every write atomic, see
 ``final.pdparams``
     the network's state dict at the end of training;
 ``run.json``
-    ``{**meta, "history": [...], "best": {...}, "final": {...}, "checkpoints": {...}}``,
+    the run's :class:`~ppadapt.runs.record.RunRecord`: the header given as ``meta``, then
+    ``"history": [...], "best": {...}, "final": {...}, "checkpoints": {...}``,
     rewritten after every epoch and evaluation, so an interrupted run keeps its record.
 
 One history entry per epoch: ``epoch`` (0-based), ``train_loss`` (mean over the
@@ -37,7 +38,8 @@ import time
 
 import paddle
 
-from ...runs.checkpoint import atomic_save, atomic_write_json
+from ...runs.checkpoint import atomic_save
+from ...runs.record import RUN_RECORD, RunRecord, write_record
 from .loss import EvalLossMean, LossMean, eval_loss_source, log_value
 
 
@@ -50,7 +52,7 @@ def _metrics(logs: dict, names: list[str]) -> dict:
 class BestAndFinalCheckpoint(paddle.callbacks.Callback):
     """Save ``best.pdparams`` on improvement, ``final.pdparams`` at the end, and ``run.json``."""
 
-    def __init__(self, run_dir: str, meta: dict | None = None, monitor: str = "acc_top1", *,
+    def __init__(self, run_dir: str, meta: RunRecord | dict | None = None, monitor: str = "acc_top1", *,
                  start_epoch: int = 0, resume_path: str | None = None,
                  eval_loss: EvalLossMean | None = None) -> None:
         """``start_epoch``: epochs done before this ``fit`` call (a resumed run);
@@ -58,11 +60,12 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         ``eval_loss``: the shared eval-loss mean (None: this callback keeps its own)."""
         super().__init__()
         self.run_dir = run_dir
-        self.meta = dict(meta or {})
+        # the record's header (RunRecord.header), or a resume checkpoint's meta dict
+        self.header = meta if isinstance(meta, RunRecord) else RunRecord.from_dict(meta or {})
         self.monitor = monitor
         self.best_path = os.path.join(run_dir, "best.pdparams")
         self.final_path = os.path.join(run_dir, "final.pdparams")
-        self.json_path = os.path.join(run_dir, "run.json")
+        self.json_path = os.path.join(run_dir, RUN_RECORD)
         self.history: list[dict] = []
         self.best: dict | None = None
         self.final: dict | None = None
@@ -88,13 +91,18 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
             return value < self.best[self.monitor]
         return value > self.best[self.monitor]
 
-    def _record(self) -> dict:
+    @property
+    def meta(self) -> dict:
+        """The record's header as a dict (what a resume checkpoint keeps)."""
+        return self.header.meta()
+
+    def _record(self) -> RunRecord:
         checkpoints = {"best": self.best_path if self.best is not None else None,
                        "final": self.final_path if self.final is not None else None}
         if self.resume_path is not None:
             checkpoints["resume"] = self.resume_path
-        return {**self.meta, "history": self.history, "best": self.best, "final": self.final,
-                "checkpoints": checkpoints}
+        return self.header.with_progress(history=self.history, best=self.best, final=self.final,
+                                         checkpoints=checkpoints)
 
     # -- resuming --------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -115,7 +123,7 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
 
     def _write_record(self) -> None:
         if self._is_write():
-            atomic_write_json(self._record(), self.json_path)
+            write_record(self._record(), self.json_path)
 
     # -- train -----------------------------------------------------------------
     def on_train_begin(self, logs=None) -> None:
