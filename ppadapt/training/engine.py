@@ -21,6 +21,7 @@ from ..config import Config, transfer_method
 from ..data import build_datasets
 from ..data.sampler import EpochBatchSampler, SeededDataset
 from ..errors import CheckpointError, CheckpointWriteError, ConfigError
+from ..methods import adapter_file_meta
 from ..methods.build import apply_freezing, apply_transfer_method, build_model
 from ..methods.trainable import ParamCount, count_parameters, trainable_parameters
 from ..models.vit import VisionTransformer
@@ -108,10 +109,9 @@ def lr_callback(cfg: Config, stage: str, steps_per_epoch: int) -> paddle.callbac
     return WarmupEpochCosine(st.lr, st.warmup_steps, st.epochs, st.min_lr)
 
 
-def adapter_meta(cfg: Config) -> dict:
+def adapter_meta(cfg: Config, model: paddle.nn.Layer) -> dict:
     """What an adapter file records to be applied again: method, its options, model."""
-    return {"method": transfer_method(cfg), "options": cfg.method.options,
-            "adapter": cfg.to_dict()["adapter"], "model": cfg.to_dict()["model"]}
+    return {**adapter_file_meta(model, transfer_method(cfg)), "model": cfg.to_dict()["model"]}
 
 
 def _quiet(line: str) -> None:
@@ -270,7 +270,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print,
     if main:
         try:
             if stage == "transfer" and transfer_method(cfg) != "full":
-                save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg))
+                save_adapter(model, out / "adapter.pdparams", adapter_meta(cfg, model))
                 log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
             atomic_save(capture_state(epoch=st.epochs, batch=0, reason="finished",
                                       paddle_rng=gather_rng_states(1), finished=True), str(resume_path))
