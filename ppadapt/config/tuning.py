@@ -3,7 +3,6 @@ which options, which ones the model carries, and their checks. No method is name
 what is special about one (its flag, its older config section) it declares itself."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ..errors import ConfigError
@@ -108,9 +107,3 @@ def set_backbone(cfg: Config, arch: ViTConfig, **changes: Any) -> None:
     cfg.model = ModelSection.plain(arch, **changes)
     hand_over(cfg, carried)
 
-
-def transfer_options(cfg: Config) -> dict:
-    """The options of the transfer method as a dict (those of the modules the model carries
-    when it carries the method)."""
-    config = method_config(cfg)
-    return dataclasses.asdict(config) if config is not None else {}

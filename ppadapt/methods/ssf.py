@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 from paddle.nn.initializer import Constant, Normal
 
