@@ -50,23 +50,19 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _explicit_keys(args: argparse.Namespace, stage: str) -> list[str]:
-    """The config keys this command line sets (flags and -o): see :func:`ppadapt.config.flags.explicit_keys`."""
-    return explicit_keys(args, stage)
-
-
 def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
     """``--resume``: the checkpoint and the config to continue with, or None."""
     if args.resume is None:
         return None
     from ..training.resume import prepare_resume
-    return prepare_resume(cfg, stage, args.resume, _explicit_keys(args, stage))
+    return prepare_resume(cfg, stage, args.resume, explicit_keys(args, stage))
 
 
 def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
     path = args.config
     if path is None:
         path = CONFIG_DIR / ("digits.yaml" if dataset == "digits" else "tutorial.yaml")
+
     def flags(cfg: Config) -> None:  # before the config is validated: --backbone changes the model
         apply_flags(cfg, args, stage)
         if getattr(args, "backbone", None) is not None:
