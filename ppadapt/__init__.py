@@ -11,10 +11,12 @@ import_paddle_quietly()
 tune_cpu_runtime()
 
 from .methods.trainable import count_parameters, set_trainable, trainable_parameters  # noqa: E402
-from .methods import AdaptFormerConfig, apply_adaptformer  # noqa: E402
+from . import methods as _methods  # noqa: E402
 from .models import VisionTransformer, ViTConfig  # noqa: E402
 from .apps.predict import Predictor  # noqa: E402
 
+globals().update({name: getattr(_methods, name) for name in _methods.PACKAGE_EXPORTS})  # the methods' top-level names
+
 __version__ = "0.1.0"
-__all__ = ["AdaptFormerConfig", "Predictor", "VisionTransformer", "ViTConfig", "apply_adaptformer",
+__all__ = ["Predictor", "VisionTransformer", "ViTConfig", *_methods.PACKAGE_EXPORTS,
            "count_parameters", "set_trainable", "trainable_parameters", "__version__"]

@@ -32,6 +32,14 @@ class PPAdaptWarning(UserWarning):
     folder). The command-line tools print it as one ``warning: <message>`` line."""
 
 
+class LegacyConfigNote(PPAdaptWarning):
+    """A config in an older form was read as the current one; the run is unchanged. The
+    command-line tools print it as one ``note: <message>`` line, with the tool's other
+    notes: ``train.py`` / ``transfer.py`` on their run log (stdout), where an error stays
+    the only line on stderr; tools whose stdout is their result (``--dry-run``,
+    ``predict.py``, ``export.py``) on stderr; ``bench.py`` with its progress lines."""
+
+
 class CheckpointWriteError(CheckpointError, OSError):
     """Saving a file failed (disk full, no permission, ...); the file at its path is untouched.
 

@@ -205,8 +205,9 @@ def test_benchmark_api_and_optimizer_state():
 def test_method_options_go_to_the_methods_that_have_them():
     base, opts = split_method_options(["lr=0.1", "method.rank=4"], ["full", "lora", "adapter"])
     assert base == ["lr=0.1"] and opts == {"full": {}, "lora": {"rank": 4}, "adapter": {}}
-    with pytest.raises(ConfigError, match="adapter.bottleneck"):
-        split_method_options(["method.bottleneck=8"], ["full", "adaptformer"])
+    # AdaptFormer is an ordinary method: its options are method.* options too (issue 11)
+    assert split_method_options(["method.bottleneck=8"], ["full", "adaptformer"]) == \
+        ([], {"full": {}, "adaptformer": {"bottleneck": 8}})
 
 
 # --- user errors ------------------------------------------------------------------

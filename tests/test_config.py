@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ppadapt.config import CONFIG_DIR, load_config
+from ppadapt.config import CONFIG_DIR, carried_config, load_config
 from ppadapt.errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def test_tutorial_protocol():
     assert (p.dataset, p.epochs, p.lr, p.momentum, p.weight_decay, p.batch_size, p.warmup_steps) == \
         ("cifar100", 80, 0.01, 0.9, 5e-4, 128, 2000)
     assert (t.dataset, t.epochs, t.freeze) == ("cifar10", 10, False)
-    assert cfg.adapter.method_config().bottleneck == 64
+    assert carried_config(cfg, "adaptformer").bottleneck == 64
 
 
 def test_overrides_are_typed_and_bare_stage_keys_go_to_the_stage():
@@ -28,7 +28,7 @@ def test_overrides_are_typed_and_bare_stage_keys_go_to_the_stage():
                                                 "adapter.scale=0.5", "transfer.freeze=true"], stage="transfer")
     assert cfg.transfer.lr == 0.001 and cfg.pretrain.lr == 0.05
     assert cfg.model.depth == 3 and cfg.transfer.classes == [1, 2]
-    assert cfg.adapter.method_config().scale == 0.5 and cfg.transfer.freeze is True
+    assert carried_config(cfg, "adaptformer").scale == 0.5 and cfg.transfer.freeze is True
 
 
 @pytest.mark.parametrize("override,message", [

@@ -44,7 +44,8 @@ def runs(tmp_path_factory):
             options.append("adapter.enabled=false")
         cfg = load_config(CONFIG_DIR / "cpu.yaml", options, stage="transfer")
         cfg.output = str(root / "out")
-        cfg.adapter.dropout = 0.5  # AdaptFormer's branch dropout: must be off in the export
+        if name == "adaptformer":
+            cfg.model.carry["adaptformer"]["dropout"] = 0.5  # AdaptFormer's branch dropout: must be off in the export
         dirs[name] = run_stage(cfg, "transfer", log=lambda line: None, verbose=0).run_dir
     test = build_datasets("cifar10", role="transfer", img_size=32, data_file=archive, classes=[5, 6, 7, 8, 9],
                           augment=False).test

@@ -157,7 +157,7 @@ def test_checkpoint_problems_are_one_line_errors(setup, tmp_path):
     other.mkdir()
     (other / "best.pdparams").write_bytes((run / "best.pdparams").read_bytes())
     record = json.loads((run / "run.json").read_text())
-    record["config"]["adapter"]["bottleneck"] = 8
+    record["config"]["model"]["carry"]["adaptformer"]["bottleneck"] = 8
     (other / "run.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="shape mismatches.*adaptmlp"):
         Predictor(other)

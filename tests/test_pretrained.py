@@ -223,7 +223,7 @@ def test_backbone_then_overrides_then_paddleclas_weights():
     _use_backbone(cfg, "ViT_base_patch16_224", overrides)
     m = cfg.model
     assert (m.img_size, m.patch_size, m.embed_dim, m.depth, m.qkv_bias, m.epsilon) == (32, 4, 768, 12, True, 1e-6)
-    assert cfg.transfer.pretrained == "paddleclas:ViT_base_patch16_224" and not cfg.adapter.enabled
+    assert cfg.transfer.pretrained == "paddleclas:ViT_base_patch16_224" and not cfg.model.carry
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", [], stage="transfer")
     cfg.transfer.pretrained = "mine.pdparams"
     _use_backbone(cfg, "ViT_large_patch32_384")

@@ -9,6 +9,7 @@ import argparse
 from typing import Sequence
 
 from ..config import CONFIG_DIR, Config, load_config, set_value, validate
+from ..config.flags import apply_flags, explicit_keys, presets
 from .tool import ArgumentParser, run_tool
 
 DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
@@ -39,62 +40,31 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _explicit_keys(args: argparse.Namespace, stage: str) -> list[str]:
-    """The config keys this command line sets (flags and -o), as dotted names; a section
-    name stands for all its keys. ``--resume`` checks them against the checkpoint's."""
-    import dataclasses
-
-    from ..config import Config
-
-    keys = [f"{stage}.{name}" for name in ("dataset", "data_file", "data_dir", "epochs", "batch_size", "lr")
-            if getattr(args, name, None) is not None]
-    if args.data_dir is not None:
-        keys.append(f"{stage}.dataset")
-    keys += [name for name in ("seed", "output") if getattr(args, name, None) is not None]
-    top = {f.name for f in dataclasses.fields(Config)}
-    stage_keys = {f.name for f in dataclasses.fields(type(Config().stage(stage)))}
-    for item in args.override:
-        key = item.partition("=")[0].strip()
-        keys.append(f"{stage}.{key}" if key not in top and key in stage_keys else key)
-    for flag, key in (("pretrained", "transfer.pretrained"), ("resume_adapter", "transfer.resume_adapter")):
-        if getattr(args, flag, None) is not None:
-            keys.append(key)
-    if getattr(args, "backbone", None) is not None:
-        keys += ["model", "adapter.enabled"]
-    return keys
-
-
 def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
     """``--resume``: the checkpoint and the config to continue with, or None."""
     if args.resume is None:
         return None
     from ..training.resume import prepare_resume
-    return prepare_resume(cfg, stage, args.resume, _explicit_keys(args, stage))
+    return prepare_resume(cfg, stage, args.resume, explicit_keys(args, stage))
 
 
 def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
     path = args.config
     if path is None:
         path = CONFIG_DIR / ("digits.yaml" if dataset == "digits" else "tutorial.yaml")
-    cfg = load_config(path, args.override, stage=stage)
-    flags = {"dataset": dataset, "data_file": args.data_file, "data_dir": args.data_dir,
-             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    for key, value in flags.items():
-        if value is not None:
-            set_value(cfg, f"{stage}.{key}", value)
-    if args.data_dir is not None and dataset is None:
-        set_value(cfg, f"{stage}.dataset", "folder")
-    if args.output is not None:
-        cfg.output = args.output
-    if args.seed is not None:
-        cfg.seed = args.seed
-    validate(cfg)
-    return cfg
+
+    def flags(cfg: Config) -> None:  # before the config is validated: --backbone changes the model
+        apply_flags(cfg, args, stage)
+        if getattr(args, "backbone", None) is not None:
+            _use_backbone(cfg, args.backbone, args.override)
+
+    return load_config(path, args.override, stage=stage, preset=presets(args, stage), then=flags)
 
 
 def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
-    """Switch the model to a PaddleClas ViT architecture: a plain ViT, so the
-    AdaptFormer branches come only from the transfer method.
+    """Switch the model to a PaddleClas ViT architecture: a plain ViT that carries no
+    method, so every method's modules come from the transfer method (which keeps the
+    options the config gave it as a carried one).
 
     The ``-o model.KEY=VALUE`` overrides are applied again on top of the backbone's
     architecture (e.g. ``-o model.img_size=32 -o model.patch_size=4`` for CIFAR at its
@@ -103,9 +73,7 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
     (``transfer.pretrained: paddleclas:NAME``, downloaded once and cached). Runs go to
     ``output/<config>_<backbone>_transfer_...``.
     """
-    import dataclasses
-
-    from ..config import _parse_scalar
+    from ..config import parse_scalar, set_backbone
     from ..errors import ConfigError
     from ..models.paddleclas_archs import paddleclas_vit_config
     from ..runs.pretrained import paddleclas_ref
@@ -114,13 +82,13 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
         arch = paddleclas_vit_config(name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    cfg.model = dataclasses.replace(arch)
-    cfg.adapter.enabled = False
+    set_backbone(cfg, arch)
     cfg.name = f"{cfg.name}_{name}"  # its own run folder, not the config's from-scratch runs'
     for item in overrides:
         key, _, raw = item.partition("=")
-        if key.strip().startswith("model."):
-            set_value(cfg, key.strip(), _parse_scalar(raw), source="-o")
+        key = key.strip()
+        if key.startswith("model.") and key.split(".")[1] != "carry":  # a backbone carries nothing
+            set_value(cfg, key, parse_scalar(raw), source="-o")
     if cfg.transfer.pretrained is None:
         cfg.transfer.pretrained = paddleclas_ref(name)
     validate(cfg)
@@ -141,7 +109,7 @@ def train_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> i
         run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"),
                   callbacks=callbacks)
         return 0
-    return run_tool(main)
+    return run_tool(main, notes="stdout")
 
 
 def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
@@ -178,19 +146,7 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
             from ..methods import list_methods
             print(list_methods())
             return 0
-        extra = []
-        if args.method is not None:
-            extra.append(f"method.name={args.method}")
-        if args.freeze:
-            extra.append("transfer.freeze=true")
-        args.override = extra + args.override
         cfg = _load(args, "transfer", args.dataset)
-        if args.pretrained is not None:  # paths: set as given, not parsed as YAML
-            cfg.transfer.pretrained = args.pretrained
-        if args.resume_adapter is not None:
-            cfg.transfer.resume_adapter = args.resume_adapter
-        if args.backbone is not None:
-            _use_backbone(cfg, args.backbone, args.override)
         if args.dry_run:
             from ..data.bundle import class_count
             from ..methods.build import apply_transfer_method, build_model
@@ -203,4 +159,4 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
         run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"),
                   callbacks=callbacks)
         return 0
-    return run_tool(main)
+    return run_tool(main, notes="stderr" if args.dry_run else "stdout")  # --dry-run's stdout is the summary alone

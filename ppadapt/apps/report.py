@@ -138,12 +138,14 @@ def _read_record(run_dir: Path) -> RunRecord:
 
 def _legacy_method(record: RunRecord, stage: str) -> str:
     """The method of a record written before ``method`` was: pretraining trains
-    everything; ``transfer.freeze`` meant AdaptFormer."""
+    everything; ``transfer.freeze`` meant the method of ``--freeze``."""
     if stage != "transfer":
         return "full"
     config = record.config or {}
     if (config.get("transfer") or {}).get("freeze"):
-        return "adaptformer"
+        from ..config.tuning import FREEZE
+        from ..methods import method_of_flag
+        return method_of_flag(FREEZE).name
     return (config.get("method") or {}).get("name") or "full"
 
 

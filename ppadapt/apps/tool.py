@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable
 
-from ..errors import PPAdaptError, PPAdaptWarning, TrainingInterrupted
+from ..errors import LegacyConfigNote, PPAdaptError, PPAdaptWarning, TrainingInterrupted
 
 INTERRUPTED = "interrupted: the files already written in the run directory are kept"
 
@@ -34,13 +34,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.help_hint or f'{self.prog} --help'})\n")
 
 
-def run_tool(main: Callable[[], int], *, interrupted: str = INTERRUPTED) -> int:
+def run_tool(main: Callable[[], int], *, interrupted: str = INTERRUPTED, notes: str = "stderr") -> int:
     """Run a tool's ``main()`` and return its exit status.
 
     :class:`~ppadapt.errors.PPAdaptError`: its message as one ``error:`` line, status 2.
     :class:`~ppadapt.errors.TrainingInterrupted` (Ctrl-C during training): its own line
     (where it saved, how to go on), status 130; any other Ctrl-C: ``interrupted``, 130.
-    ppadapt's warnings are shown as ``warning: <message>``; Paddle's warning about
+    ppadapt's warnings are shown as ``warning: <message>``, and the note of an older config
+    form as one ``note:`` line on ``sys.<notes>`` (stdout for a training run, whose log it is); Paddle's warning about
     copy-constructing a tensor, which its own ``train_batch`` triggers every step, is hidden.
     """
     try:
@@ -50,7 +51,9 @@ def run_tool(main: Callable[[], int], *, interrupted: str = INTERRUPTED) -> int:
 
             def show(message, category, filename, lineno, file=None, line=None) -> None:
                 """ppadapt's own warnings as one ``warning: ...`` line; others as they were."""
-                if issubclass(category, PPAdaptWarning):
+                if issubclass(category, LegacyConfigNote):
+                    print(f"note: {message}", file=getattr(sys, notes), flush=True)
+                elif issubclass(category, PPAdaptWarning):
                     print(f"warning: {message}", file=sys.stderr if file is None else file)
                 else:
                     others(message, category, filename, lineno, file, line)

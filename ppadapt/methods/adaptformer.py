@@ -15,14 +15,14 @@ exactly the official formulation.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
 
 from ..models.fast_layers import Linear
+from .base import Tuner
 
 SUBLAYER = "adaptmlp"
 
@@ -51,18 +51,23 @@ class AdaptFormerConfig:
     init: str | None = None  # lora | trunc_normal
 
     def resolved(self) -> "AdaptFormerConfig":
+        """The config with the variant's defaults filled in; ``ValueError`` on a bad option."""
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown AdaptFormer variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
+            raise ValueError(f"adaptformer.variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         defaults = VARIANTS[self.variant]
         cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         for key, allowed in (("layernorm", ("none", "in", "out")), ("input", ("stream", "norm2")),
                              ("init", ("lora", "trunc_normal"))):
             if getattr(cfg, key) not in allowed:
-                raise ValueError(f"adapter.{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
-        if cfg.bottleneck <= 0:
-            raise ValueError(f"adapter.bottleneck must be positive, got {cfg.bottleneck}")
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {cfg.dropout}")
+                raise ValueError(f"adaptformer.{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+        if isinstance(cfg.bottleneck, bool) or not isinstance(cfg.bottleneck, int) or cfg.bottleneck <= 0:
+            raise ValueError(f"adaptformer.bottleneck must be a positive integer, got {cfg.bottleneck!r}")
+        if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"adaptformer.dropout must be in [0, 1), got {cfg.dropout!r}")
+        if isinstance(cfg.scale, bool) or not isinstance(cfg.scale, (int, float)):
+            raise ValueError(f"adaptformer.scale must be a number, got {cfg.scale!r}")
+        if not isinstance(cfg.learnable_scale, bool):
+            raise ValueError(f"adaptformer.learnable_scale must be true or false, got {cfg.learnable_scale!r}")
         return cfg
 
 
@@ -122,30 +127,57 @@ class _BranchHooks:
         return output + self.adapter(x)
 
 
-def apply_adaptformer(model: nn.Layer, config: AdaptFormerConfig | None = None) -> list[Adapter]:
-    """Add an AdaptFormer branch to every block of ``model`` (in place).
+class AdaptFormerTuner(Tuner):
+    """A branch per block, registered as ``blocks.N.adaptmlp`` and hooked on ``norm2``/``mlp``.
 
-    Works on any model with ``blocks[i].norm2`` and ``blocks[i].mlp`` (ppadapt's
-    and PaddleClas's ViT). Returns the adapters, one per block.
+    Works on any model with ``blocks[i].norm2`` and ``blocks[i].mlp`` (ppadapt's and
+    PaddleClas's ViT). The tutorial's ``--freeze`` means this method, and an older
+    ppadapt kept its options in the config's ``adapter`` section.
     """
-    cfg = (config or AdaptFormerConfig()).resolved()
-    dim = model.embed_dim
-    adapters = []
-    for block in model.blocks:
-        if hasattr(block, SUBLAYER):
-            raise ValueError("AdaptFormer is already applied to this model")
-        adapter = Adapter(dim, cfg.bottleneck, cfg.scale, cfg.learnable_scale, cfg.layernorm,
-                          cfg.dropout, cfg.init)
-        block.add_sublayer(SUBLAYER, adapter)
+
+    name = "adaptformer"
+    summary = "AdaptFormer (Chen et al. 2022): parallel bottleneck beside each MLP"
+    title = "AdaptFormer"
+    modules = "AdaptFormer branches"
+    config = AdaptFormerConfig
+    suffix = "_frozen"  # the tutorial's name of this run
+    alias = "freeze"
+    legacy_section = "adapter"
+
+    def check(self, cfg: AdaptFormerConfig) -> AdaptFormerConfig:
+        return cfg.resolved()
+
+    def targets(self, model, cfg):
+        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+
+    def module_path(self, target: str) -> str:
+        return f"{target}.{SUBLAYER}"
+
+    def create(self, model, target, block, cfg):
+        return Adapter(model.embed_dim, cfg.bottleneck, cfg.scale, cfg.learnable_scale, cfg.layernorm,
+                       cfg.dropout, cfg.init)
+
+    def wire(self, model, target, block, adapter, cfg):
         hooks = _BranchHooks(adapter, cfg.input)
+        handles = []
         if cfg.input == "stream":
-            block.norm2.register_forward_pre_hook(hooks.capture_stream)
-        block.mlp.register_forward_post_hook(hooks.add_branch)
-        adapters.append(adapter)
-    model.adaptformer_config = asdict(cfg)
-    return adapters
+            handles.append(block.norm2.register_forward_pre_hook(hooks.capture_stream))
+        handles.append(block.mlp.register_forward_post_hook(hooks.add_branch))
+        return handles
+
+    def owns(self, name: str) -> bool:
+        return is_adapter_parameter(name)
+
+
+def apply_adaptformer(model: nn.Layer, config: AdaptFormerConfig | None = None) -> list[Adapter]:
+    """Add an AdaptFormer branch to every block of ``model`` (in place); returns the
+    adapters, one per block. ``ValueError`` if already applied or on a bad option."""
+    return ADAPTFORMER.apply(model, config)
 
 
 def is_adapter_parameter(name: str) -> bool:
     """True for parameters that belong to an AdaptFormer branch."""
     return f".{SUBLAYER}." in f".{name}"
+
+
+ADAPTFORMER = AdaptFormerTuner()

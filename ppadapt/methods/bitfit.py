@@ -2,8 +2,7 @@
 
 BitFit trains only the bias terms of the backbone (plus the new head). Nothing
 is injected, so :func:`apply_bitfit` only validates and records the choice; the
-method lives entirely in :func:`is_bitfit_parameter`, which is meant for
-:func:`ppadapt.methods.trainable.set_trainable`.
+method lives entirely in :func:`is_bitfit_parameter`, the parameters it trains.
 
 "Every bias" means every parameter whose name ends in ``.bias``: the patch
 embedding convolution, each block's qkv / attention projection / fc1 / fc2
@@ -17,9 +16,11 @@ still counted, as in every BitFit ViT implementation.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import paddle.nn as nn
+
+from .base import Tuner
 
 
 @dataclass
@@ -27,20 +28,28 @@ class BitFitConfig:
     """BitFit has no options: the authors tune every bias term of the backbone."""
 
 
+class BitFitTuner(Tuner):
+    """Attaches nothing: the method is which parameters train."""
+
+    name = "bitfit"
+    summary = "BitFit (Ben Zaken et al. 2021): only the biases"
+    title = "BitFit"
+    config = BitFitConfig
+
+    def check_model(self, model, cfg):
+        if not any(is_bitfit_parameter(name) for name, _ in model.named_parameters()):
+            raise ValueError("the model has no bias parameters for BitFit to train")
+
+    def owns(self, name: str) -> bool:
+        return is_bitfit_parameter(name)
+
+
 def apply_bitfit(model: nn.Layer, config: BitFitConfig | None = None) -> list[nn.Layer]:
     """Record BitFit on ``model`` (nothing is injected); returns ``[]``.
 
     Raises ``ValueError`` if BitFit was already applied or the model has no bias.
     """
-    cfg = config or BitFitConfig()
-    if not isinstance(cfg, BitFitConfig):
-        raise ValueError(f"expected a BitFitConfig, got {type(cfg).__name__}")
-    if getattr(model, "bitfit_config", None) is not None:
-        raise ValueError("BitFit is already applied to this model")
-    if not any(is_bitfit_parameter(name) for name, _ in model.named_parameters()):
-        raise ValueError("the model has no bias parameters for BitFit to train")
-    model.bitfit_config = asdict(cfg)
-    return []
+    return BITFIT.apply(model, config)
 
 
 def is_bitfit_parameter(name: str) -> bool:
@@ -52,3 +61,6 @@ def is_bitfit_parameter(name: str) -> bool:
     if name.startswith("head.") or ".head." in name:
         return False
     return name == "bias" or name.endswith(".bias")
+
+
+BITFIT = BitFitTuner()

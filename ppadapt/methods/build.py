@@ -2,36 +2,36 @@
 transfer method applied on top with everything else frozen."""
 from __future__ import annotations
 
-from ..config import Config, transfer_method
+import paddle
+
+from ..config import Config, carried_config, method_config, transfer_method
+from ..config.tuning import FREEZE
 from ..models.vit import VisionTransformer
-from .adaptformer import apply_adaptformer
-from .registry import Method, get_method
-from .trainable import set_trainable
+from .base import Tuner
+from .registry import get_method, method_of_flag
 
 
 def build_model(cfg: Config, class_num: int) -> VisionTransformer:
-    """The plain ViT of ``cfg.model``, with AdaptFormer branches if ``cfg.adapter.enabled``."""
-    model = VisionTransformer(cfg.model, class_num=class_num)
-    if cfg.adapter.enabled:
-        apply_adaptformer(model, cfg.adapter.method_config())
+    """The plain ViT of ``cfg.model`` with the modules it carries (``model.carry``, in order)."""
+    model = VisionTransformer(cfg.model.architecture(), class_num=class_num)
+    for name in cfg.model.carry:
+        get_method(name).apply(model, carried_config(cfg, name))
     return model
 
 
 def apply_freezing(model: paddle.nn.Layer, freeze: bool) -> None:
-    """Frozen: only the AdaptFormer branches and the head train. Otherwise everything does."""
-    set_trainable(model, get_method("adaptformer" if freeze else "full").is_trainable)
+    """Frozen: only what ``--freeze``'s method owns and the head train. Otherwise everything does."""
+    (method_of_flag(FREEZE) if freeze else get_method("full")).mark_trainable(model)
 
 
-def apply_transfer_method(model: VisionTransformer, cfg: Config) -> Method:
+def apply_transfer_method(model: VisionTransformer, cfg: Config) -> Tuner:
     """Inject the transfer method into ``model`` and freeze everything it does not own.
 
-    AdaptFormer reuses the branches the model already has (the tutorial pretrains
-    them); every other method comes on top of the whole pretrained network.
+    A method the model carries (e.g. branches pretrained upstream) reuses its modules:
+    only trainability changes. Any other comes on top of the whole pretrained network.
     """
     method = get_method(transfer_method(cfg))
-    if method.name == "adaptformer" and not cfg.adapter.enabled:
-        apply_adaptformer(model, cfg.adapter.method_config())
-    elif method.name != "adaptformer":
-        method.apply_to(model, **cfg.method.options)
-    set_trainable(model, method.is_trainable)
+    if not method.is_applied(model):
+        method.apply(model, method_config(cfg))
+    method.mark_trainable(model)
     return method

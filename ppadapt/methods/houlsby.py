@@ -29,13 +29,14 @@ V-PETL Bench's setting: ``bottleneck = embed_dim // topN`` with its per-task
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
 from ..models.fast_layers import Linear
+from .base import Tuner
 
 SUBLAYER = "adapter"
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -91,21 +92,39 @@ def _after_mlp(adapter: HoulsbyAdapter):
     return hook
 
 
+class HoulsbyTuner(Tuner):
+    """An adapter per block, registered as ``blocks.N.adapter``, hooked after ``blocks.N.mlp``."""
+
+    name = "adapter"
+    summary = "Adapter (Houlsby et al. 2019): sequential bottleneck after each MLP"
+    title = "the Houlsby adapter"
+    modules = "Houlsby adapters"
+    config = HoulsbyConfig
+
+    def targets(self, model, cfg):
+        return [(f"blocks.{i}.mlp", block.mlp) for i, block in enumerate(model.blocks)]
+
+    def module_path(self, target: str) -> str:
+        return f"{target.rpartition('.')[0]}.{SUBLAYER}"
+
+    def create(self, model, target, mlp, cfg):
+        return HoulsbyAdapter(model.embed_dim, cfg.bottleneck, cfg.activation, cfg.init, cfg.init_scale)
+
+    def wire(self, model, target, mlp, adapter, cfg):
+        return [mlp.register_forward_post_hook(_after_mlp(adapter))]
+
+    def owns(self, name: str) -> bool:
+        return is_houlsby_parameter(name)
+
+
 def apply_houlsby(model: nn.Layer, config: HoulsbyConfig | None = None) -> list[HoulsbyAdapter]:
     """Add an adapter after the MLP of every block of ``model`` (in place); returns them."""
-    cfg = (config or HoulsbyConfig()).validated()
-    if any(hasattr(block, SUBLAYER) for block in model.blocks):
-        raise ValueError("the Houlsby adapter is already applied to this model")
-    adapters = []
-    for block in model.blocks:
-        adapter = HoulsbyAdapter(model.embed_dim, cfg.bottleneck, cfg.activation, cfg.init, cfg.init_scale)
-        block.add_sublayer(SUBLAYER, adapter)
-        block.mlp.register_forward_post_hook(_after_mlp(adapter))
-        adapters.append(adapter)
-    model.houlsby_config = asdict(cfg)
-    return adapters
+    return HOULSBY.apply(model, config)
 
 
 def is_houlsby_parameter(name: str) -> bool:
     """True for parameters of the bottleneck adapters (``blocks.N.adapter.*``)."""
     return f".{SUBLAYER}." in f".{name}"
+
+
+HOULSBY = HoulsbyTuner()

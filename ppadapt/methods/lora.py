@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform
+
+from .base import Tuner
 
 SUFFIX = "_lora"
 QKV_PARTS = "qkv"
@@ -161,11 +163,6 @@ class _AddUpdate:
         return output + self.lora(inputs[0])
 
 
-def _split(name: str) -> tuple[str, str]:
-    parent, _, child = name.rpartition(".")
-    return parent, child
-
-
 def _find_targets(model: nn.Layer, cfg: LoRAConfig) -> list[tuple[str, nn.Linear]]:
     linears = [(n, l) for n, l in model.named_sublayers() if isinstance(l, nn.Linear)]
     if cfg.is_qkv_parts():
@@ -180,27 +177,42 @@ def _find_targets(model: nn.Layer, cfg: LoRAConfig) -> list[tuple[str, nn.Linear
     return found
 
 
-def apply_lora(model: nn.Layer, cfg: LoRAConfig | None = None) -> list[LoRA]:
-    """Add LoRA to the target linear layers of ``model`` (in place); returns the LoRA modules."""
-    cfg = (cfg or LoRAConfig()).validated()
-    if any(isinstance(l, LoRA) for l in model.sublayers()):
-        raise ValueError("LoRA is already applied to this model")
-    layers = dict(model.named_sublayers())
-    modules = []
-    for name, linear in _find_targets(model, cfg):
+class LoRATuner(Tuner):
+    """The update of ``parent.child`` is the sublayer ``parent.child_lora``, added by a post-hook."""
+
+    name = "lora"
+    summary = "LoRA (Hu et al. 2021): low-rank updates of chosen linear layers (mergeable)"
+    title = "LoRA"
+    modules = "LoRA updates"
+    config = LoRAConfig
+
+    def targets(self, model, cfg):
+        return _find_targets(model, cfg)
+
+    def module_path(self, target: str) -> str:
+        return target + SUFFIX
+
+    def create(self, model, target, linear, cfg):
         in_features, out_features = linear.weight.shape
         parts = cfg.targets if cfg.is_qkv_parts() else None
-        lora = LoRA(in_features, out_features, cfg.rank, cfg.alpha, cfg.dropout, parts)
-        parent_name, child = _split(name)
-        parent = layers[parent_name] if parent_name else model
-        if hasattr(parent, child + SUFFIX):
-            raise ValueError(f"{name}{SUFFIX} already exists")
-        parent.add_sublayer(child + SUFFIX, lora)
-        lora._target_name = name
-        lora._hook = linear.register_forward_post_hook(_AddUpdate(lora))
-        modules.append(lora)
-    model.lora_config = asdict(cfg)
-    return modules
+        return LoRA(in_features, out_features, cfg.rank, cfg.alpha, cfg.dropout, parts)
+
+    def wire(self, model, target, linear, lora, cfg):
+        return [linear.register_forward_post_hook(_AddUpdate(lora))]
+
+    def owns(self, name: str) -> bool:
+        return is_lora_parameter(name)
+
+    def fold(self, model, target, linear, lora):
+        """``W += A B * scaling``: the layer alone then computes what it did with the update."""
+        w = linear.weight
+        merged = w.numpy().astype(np.float64) + lora.delta_weight()
+        w.set_value(merged.astype(w.numpy().dtype))
+
+
+def apply_lora(model: nn.Layer, cfg: LoRAConfig | None = None) -> list[LoRA]:
+    """Add LoRA to the target linear layers of ``model`` (in place); returns the LoRA modules."""
+    return LORA.apply(model, cfg)
 
 
 def is_lora_parameter(name: str) -> bool:
@@ -208,25 +220,13 @@ def is_lora_parameter(name: str) -> bool:
     return f"{SUFFIX}." in name
 
 
-@paddle.no_grad()
 def merge_lora(model: nn.Layer) -> None:
     """Fold every LoRA update into its layer's weight and remove the LoRA modules and hooks.
 
     Afterwards ``model`` is a plain ViT (same state-dict keys) computing, in
     eval mode, the same function as the adapted model did.
     """
-    found = [(n, l) for n, l in model.named_sublayers() if isinstance(l, LoRA)]
-    if not found:
-        raise ValueError("LoRA is not applied to this model")
-    layers = dict(model.named_sublayers())
-    for name, lora in found:
-        parent_name, child = _split(name)
-        parent = layers[parent_name] if parent_name else model
-        target = getattr(parent, child[: -len(SUFFIX)])
-        w = target.weight
-        merged = w.numpy().astype(np.float64) + lora.delta_weight()
-        w.set_value(merged.astype(w.numpy().dtype))
-        lora._hook.remove()
-        delattr(parent, child)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+    LORA._merge(model)
+
+
+LORA = LoRATuner()

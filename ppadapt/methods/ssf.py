@@ -24,12 +24,13 @@ model is a plain ViT with qkv biases, i.e. its state dict loads into
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 from paddle.nn.initializer import Constant, Normal
+
+from .base import Tuner
 
 SUFFIX = "_ssf"
 _TYPES = (nn.Linear, nn.LayerNorm)
@@ -100,31 +101,6 @@ def _channels(layer: nn.Layer) -> int:
     return layer._normalized_shape[-1]  # LayerNorm over the last axis
 
 
-def apply_ssf(model: nn.Layer, cfg: SSFConfig | None = None) -> list[SSF]:
-    """Add SSF after every Linear/LayerNorm of the blocks (+ patch embed, final norm); in place."""
-    cfg = (cfg or SSFConfig()).validated()
-    if any(isinstance(l, SSF) for l in model.sublayers()):
-        raise ValueError("SSF is already applied to this model")
-    layers = dict(model.named_sublayers())
-    modules = []
-    for name, layer in _targets(model, cfg):
-        if isinstance(layer, nn.Conv2D) and layer._data_format != "NCHW":
-            raise ValueError(f"SSF supports only an NCHW patch embedding, {name} is {layer._data_format}")
-        ssf = SSF(_channels(layer), cfg.init_std, channel_axis=1 if isinstance(layer, nn.Conv2D) else -1)
-        parent_name, _, child = name.rpartition(".")
-        parent = layers[parent_name] if parent_name else model
-        parent.add_sublayer(child + SUFFIX, ssf)
-        ssf._hook = layer.register_forward_post_hook(_ScaleShift(ssf))
-        modules.append(ssf)
-    model.ssf_config = asdict(cfg)
-    return modules
-
-
-def is_ssf_parameter(name: str) -> bool:
-    """True for SSF's own parameters (``..._ssf.scale`` / ``..._ssf.shift``)."""
-    return f"{SUFFIX}." in name
-
-
 def _set(layer: nn.Layer, attr: str, value: np.ndarray, like) -> None:
     """Write ``value`` into ``layer.<attr>``, creating the parameter if it is None."""
     param = getattr(layer, attr)
@@ -136,28 +112,44 @@ def _set(layer: nn.Layer, attr: str, value: np.ndarray, like) -> None:
     param.set_value(value.astype(like.numpy().dtype))
 
 
-@paddle.no_grad()
-def merge_ssf(model: nn.Layer) -> None:
-    """Fold every SSF scale/shift into the layer before it and remove SSF's modules and hooks.
+class SSFTuner(Tuner):
+    """The factors of ``parent.child`` are the sublayer ``parent.child_ssf``, applied by a post-hook."""
 
-    Exact for Linear (``W[:, j] *= g_j``), LayerNorm (``weight * g``) and the
-    patch-embedding Conv2D (``weight[j] *= g_j``); biases become ``b * g + beta``.
-    A missing bias is created (see the module docstring).
-    """
-    found = [(n, l) for n, l in model.named_sublayers() if isinstance(l, SSF)]
-    if not found:
-        raise ValueError("SSF is not applied to this model")
-    layers = dict(model.named_sublayers())
-    created_qkv_bias = False
-    for name, ssf in found:
-        parent_name, _, child = name.rpartition(".")
-        parent = layers[parent_name] if parent_name else model
-        layer = getattr(parent, child[: -len(SUFFIX)])
+    name = "ssf"
+    summary = "SSF (Lian et al. 2022): scale and shift after each linear and LayerNorm (mergeable)"
+    title = "SSF"
+    modules = "SSF scales and shifts"
+    config = SSFConfig
+
+    def check_model(self, model, cfg):
+        for name, layer in _targets(model, cfg):
+            if isinstance(layer, nn.Conv2D) and layer._data_format != "NCHW":
+                raise ValueError(f"SSF supports only an NCHW patch embedding, {name} is {layer._data_format}")
+
+    def targets(self, model, cfg):
+        return _targets(model, cfg)
+
+    def module_path(self, target: str) -> str:
+        return target + SUFFIX
+
+    def create(self, model, target, layer, cfg):
+        return SSF(_channels(layer), cfg.init_std, channel_axis=1 if isinstance(layer, nn.Conv2D) else -1)
+
+    def wire(self, model, target, layer, ssf, cfg):
+        return [layer.register_forward_post_hook(_ScaleShift(ssf))]
+
+    def owns(self, name: str) -> bool:
+        return is_ssf_parameter(name)
+
+    def fold(self, model, target, layer, ssf):
+        """Exact for Linear (``W[:, j] *= g_j``), LayerNorm (``weight * g``) and the
+        patch-embedding Conv2D (``weight[j] *= g_j``); biases become ``b * g + beta``.
+        A missing bias is created (see the module docstring)."""
         g = ssf.scale.numpy().astype(np.float64)
         beta = ssf.shift.numpy().astype(np.float64)
         like = layer.weight
         if like is None:
-            raise ValueError(f"cannot merge SSF into {name[: -len(SUFFIX)]}: the layer has no weight")
+            raise ValueError(f"cannot merge SSF into {target}: the layer has no weight")
         w = like.numpy().astype(np.float64)
         if isinstance(layer, nn.Linear):
             w = w * g[None, :]
@@ -166,13 +158,26 @@ def merge_ssf(model: nn.Layer) -> None:
         else:  # LayerNorm: y = norm(x) * weight + bias
             w = w * g
         b = np.zeros_like(g) if layer.bias is None else layer.bias.numpy().astype(np.float64)
-        if layer.bias is None and isinstance(layer, nn.Linear) and name.endswith("attn.qkv" + SUFFIX):
-            created_qkv_bias = True
+        created_qkv_bias = layer.bias is None and isinstance(layer, nn.Linear) and target.endswith("attn.qkv")
         like.set_value(w.astype(like.numpy().dtype))
         _set(layer, "bias", b * g + beta, like)
-        ssf._hook.remove()
-        delattr(parent, child)
-    if created_qkv_bias and hasattr(model, "config") and hasattr(model.config, "qkv_bias"):
-        model.config.qkv_bias = True
-    if hasattr(model, "ssf_config"):
-        del model.ssf_config
+        if created_qkv_bias and hasattr(model, "config") and hasattr(model.config, "qkv_bias"):
+            model.config.qkv_bias = True
+
+
+def apply_ssf(model: nn.Layer, cfg: SSFConfig | None = None) -> list[SSF]:
+    """Add SSF after every Linear/LayerNorm of the blocks (+ patch embed, final norm); in place."""
+    return SSF_TUNER.apply(model, cfg)
+
+
+def is_ssf_parameter(name: str) -> bool:
+    """True for SSF's own parameters (``..._ssf.scale`` / ``..._ssf.shift``)."""
+    return f"{SUFFIX}." in name
+
+
+def merge_ssf(model: nn.Layer) -> None:
+    """Fold every SSF scale/shift into the layer before it and remove SSF's modules and hooks."""
+    SSF_TUNER._merge(model)
+
+
+SSF_TUNER = SSFTuner()

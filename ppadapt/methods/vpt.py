@@ -29,12 +29,14 @@ the prompts each time they are inserted, as in the official code.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Uniform
+
+from .base import Tuner
 
 SUBLAYER = "vpt_prompts"
 INITS = ("uniform", "xavier")
@@ -110,6 +112,46 @@ class VPTPrompts(nn.Layer):
         return paddle.concat([x[:, :1], prompts, x[:, 1:]], axis=1)
 
 
+class VPTTuner(Tuner):
+    """One :class:`VPTPrompts` sublayer on the model (``vpt_prompts``), spliced in by hooks."""
+
+    kind = "vpt"  # shallow and deep exclude each other
+    title = "VPT"
+    modules = "VPT prompts"
+    config = VPTConfig
+
+    def targets(self, model, cfg):
+        return [("", model)]
+
+    def module_path(self, target: str) -> str:
+        return SUBLAYER
+
+    def create(self, model, target, layer, cfg):
+        in_chans = model.patch_embed.proj.weight.shape[1]
+        return VPTPrompts(model.embed_dim, cfg.tokens, len(model.blocks), model.patch_embed.patch_size,
+                          in_chans, cfg.deep, cfg.init, cfg.dropout)
+
+    def wire(self, model, target, layer, prompts, cfg):
+        if cfg.deep:
+            return [block.register_forward_pre_hook(prompts.block_hook(i)) for i, block in enumerate(model.blocks)]
+        return [model.pos_drop.register_forward_post_hook(prompts.insert_after_embedding)]
+
+    def owns(self, name: str) -> bool:
+        return is_vpt_parameter(name)
+
+
+class VPTShallow(VPTTuner):
+    name = "vpt-shallow"
+    summary = "VPT-shallow (Jia et al. 2022): prompt tokens at the input"
+    fixed = {"deep": False}
+
+
+class VPTDeep(VPTTuner):
+    name = "vpt-deep"
+    summary = "VPT-deep (Jia et al. 2022): new prompt tokens before every block"
+    fixed = {"deep": True}
+
+
 def apply_vpt(model: nn.Layer, config: VPTConfig | None = None) -> list[nn.Layer]:
     """Add visual prompts to ``model`` (in place); returns ``[the VPTPrompts sublayer]``.
 
@@ -117,21 +159,13 @@ def apply_vpt(model: nn.Layer, config: VPTConfig | None = None) -> list[nn.Layer
     and ``embed_dim`` (ppadapt's ViT). ``ValueError`` if already applied.
     """
     cfg = (config or VPTConfig()).validated()
-    if hasattr(model, SUBLAYER) or getattr(model, "vpt_config", None) is not None:
-        raise ValueError("VPT is already applied to this model")
-    in_chans = model.patch_embed.proj.weight.shape[1]
-    prompts = VPTPrompts(model.embed_dim, cfg.tokens, len(model.blocks), model.patch_embed.patch_size,
-                         in_chans, cfg.deep, cfg.init, cfg.dropout)
-    model.add_sublayer(SUBLAYER, prompts)
-    if cfg.deep:
-        for i, block in enumerate(model.blocks):
-            block.register_forward_pre_hook(prompts.block_hook(i))
-    else:
-        model.pos_drop.register_forward_post_hook(prompts.insert_after_embedding)
-    model.vpt_config = asdict(cfg)
-    return [prompts]
+    return (VPT_DEEP if cfg.deep else VPT_SHALLOW).apply(model, cfg)
 
 
 def is_vpt_parameter(name: str) -> bool:
     """True for the prompt parameters (``vpt_prompts.shallow`` / ``vpt_prompts.deep``)."""
     return f".{SUBLAYER}." in f".{name}"
+
+
+VPT_SHALLOW = VPTShallow()
+VPT_DEEP = VPTDeep()

@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config, transfer_method
+from ..methods import get_method
 
 
 def run_dir(cfg: Config, stage: str) -> Path:
     st = cfg.stage(stage)
     name = f"{cfg.name}_{stage}_{st.dataset}"
     if stage == "transfer":
-        method = transfer_method(cfg)
-        name += {"adaptformer": "_frozen", "full": "_full"}.get(method, f"_{method}")
+        name += get_method(transfer_method(cfg)).suffix  # "_full", "_lora", ... (the method declares it)
     return Path(cfg.output) / name
 
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..methods.adaptformer import is_adapter_parameter
+from ..methods import added_parameter_names
 from ..models.paddleclas_archs import paddleclas_weights_url
 from .checkpoint import load_state_dict, load_weights
 from .layout import default_pretrained
@@ -303,15 +303,16 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
 
 def load_pretrained(model: paddle.nn.Layer, path: str | Path,
                     log: Callable[[str], None] | None = None) -> list[str]:
-    """Load a backbone checkpoint for transfer: the head is always new, and the
-    AdaptFormer branches may be absent (e.g. a PaddleClas ViT); anything else must match,
-    after the position embedding and patch kernel are resampled to the model's patch
-    grid and patch size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
+    """Load a backbone checkpoint for transfer: the head is always new, and the tensors of
+    modules that methods attached (e.g. branches the model carries) may be absent (a
+    PaddleClas ViT has none) and stay at their init; anything else must match, after the
+    position embedding and patch kernel are resampled to the model's patch grid and patch
+    size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
     state, notes = adapt_state_dict(load_state_dict(str(path)), model)
     for note in notes:
         (log or print)(note)
-    return load_weights(model, state, skip=lambda k: k.startswith("head."),
-                        allow_missing=is_adapter_parameter)
+    added = added_parameter_names(model)
+    return load_weights(model, state, skip=lambda k: k.startswith("head."), allow_missing=added.__contains__)
 
 
 def resolve_pretrained(cfg: Config, log: Callable[[str], None] = print) -> Path | None:

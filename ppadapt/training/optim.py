@@ -14,7 +14,7 @@ def make_optimizer(model: paddle.nn.Layer, cfg: Config, stage: str) -> paddle.op
     st = cfg.stage(stage)
     params = trainable_parameters(model)
     if not params:
-        raise ConfigError("nothing to train: every parameter is frozen (enable adapter or drop --freeze)")
+        raise ConfigError("nothing to train: every parameter is frozen (choose a method that trains something: see transfer.py --list-methods)")
     return paddle.optimizer.Momentum(
         learning_rate=st.lr, momentum=st.momentum, parameters=params,
         weight_decay=paddle.regularizer.L2Decay(st.weight_decay) if st.weight_decay else None)

@@ -59,16 +59,23 @@ RESUME_OVERRIDABLE = ("data_file", "data_dir", "num_workers", "log_freq")
 
 
 def flat_config(data: dict) -> dict[str, Any]:
-    """``{"model.depth": 6, "method.rank": 8, "seed": 42, ...}`` of a config dict."""
+    """``{"model.depth": 6, "model.carry.lora.rank": 4, "method.rank": 8, "seed": 42, ...}``
+    of a config dict (nested mappings flattened; an empty one kept as a value)."""
     out: dict[str, Any] = {}
+
+    def flat(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                flat(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = value
+
     for section, value in data.items():
-        if not isinstance(value, dict):
-            out[section] = value
-        elif section == "method":
+        if section == "method" and isinstance(value, dict):
             out["method.name"] = value.get("name")
             out.update({f"method.{k}": v for k, v in (value.get("options") or {}).items()})
         else:
-            out.update({f"{section}.{k}": v for k, v in value.items()})
+            flat(section, value)
     return out
 
 

@@ -14,6 +14,7 @@ from paddle.static import InputSpec
 
 from ..config import Config, transfer_method
 from ..errors import CheckpointError, CheckpointWriteError, TrainingError, TrainingInterrupted
+from ..methods import adapter_file_meta
 from ..methods.trainable import ParamCount
 from ..runs.adapter_file import save_adapter
 from ..runs.checkpoint import atomic_save
@@ -28,10 +29,9 @@ from .resume import capture, gather_rng_states, remap_optimizer_state, restore_g
 from .signals import StopRequest, stop_on_sigint
 
 
-def adapter_meta(cfg: Config) -> dict:
+def adapter_meta(cfg: Config, model: paddle.nn.Layer) -> dict:
     """What an adapter file records to be applied again: method, its options, model."""
-    return {"method": transfer_method(cfg), "options": cfg.method.options,
-            "adapter": cfg.to_dict()["adapter"], "model": cfg.to_dict()["model"]}
+    return {**adapter_file_meta(model, transfer_method(cfg)), "model": cfg.to_dict()["model"]}
 
 
 def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> RunRecord:
@@ -155,7 +155,7 @@ class Trainer:
         out, cfg = self.plan.run_dir, self.plan.cfg
         try:
             if self.plan.stage == "transfer" and transfer_method(cfg) != "full":
-                save_adapter(self.model, out / "adapter.pdparams", adapter_meta(cfg))
+                save_adapter(self.model, out / "adapter.pdparams", adapter_meta(cfg, self.model))
                 log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
             atomic_save(self.capture(epoch=self.epochs, batch=0, reason="finished",
                                      paddle_rng=gather_rng_states(1), finished=True), str(self.resume_path))

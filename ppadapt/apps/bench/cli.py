@@ -7,23 +7,24 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ...config import CONFIG_DIR, load_config
+from ...config import CONFIG_DIR, legacy_notes, load_config, parse_scalar
+from ...config.tuning import FREEZE
 from ...errors import ConfigError, DataError
-from ...methods import get_method
+from ...methods import get_method, method_of_flag
 from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
 from .runner import ORDERS, Log, add_gemm_share, benchmark, quiet, real_batches
 from .tables import format_report
 
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.yaml"
-DEFAULT_METHODS = ("full", "adaptformer")
+DEFAULT_METHODS = ("full", method_of_flag(FREEZE).name)  # the tutorial's comparison: full vs --freeze
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"full,adaptformer"`` -> ``["full", "adaptformer"]`` (checked names, order kept)."""
+    """``"full,lora"`` -> ``["full", "lora"]`` (checked names, order kept)."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise ConfigError("--methods is empty; e.g. --methods full,adaptformer")
+        raise ConfigError(f"--methods is empty; e.g. --methods {','.join(DEFAULT_METHODS)}")
     out: list[str] = []
     for m in names:
         try:
@@ -38,8 +39,6 @@ def parse_methods(text: str) -> list[str]:
 def split_method_options(overrides: list[str], methods: Sequence[str]) -> tuple[list[str], dict[str, dict]]:
     """Separate ``-o method.KEY=VALUE`` from the other overrides and give each option
     to every benchmarked method that has it (e.g. ``method.rank`` to ``lora``)."""
-    from ...config import _parse_scalar
-    from ...methods import get_method
     base, options = [], {m: {} for m in methods}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -50,14 +49,12 @@ def split_method_options(overrides: list[str], methods: Sequence[str]) -> tuple[
         name = key[len("method."):]
         if name in ("name", "options"):
             raise ConfigError(f"-o {key}: choose the methods with --methods, e.g. --methods full,lora")
-        takers = [m for m in methods if m != "adaptformer" and name in get_method(m).options()]
+        takers = [m for m in methods if name in get_method(m).options()]
         if not takers:
-            hint = (f"; AdaptFormer's options live in the adapter section (-o adapter.{name}=...)"
-                    if "adaptformer" in methods else "")
             raise ConfigError(f"-o {key}: none of the benchmarked methods ({', '.join(methods)}) "
-                              f"has option '{name}'{hint}")
+                              f"has option '{name}'")
         for m in takers:
-            options[m][name] = _parse_scalar(raw)
+            options[m][name] = parse_scalar(raw)
     return base, options
 
 
@@ -65,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="bench.py", formatter_class=argparse.RawDescriptionHelpFormatter, help_hint="--help",
         description="Time training steps and inference of tuning methods in one process.\n\n"
-                    "  python ppadapt/bench.py                  # CPU preset, full vs adaptformer\n"
+                    f"  python ppadapt/bench.py                  # CPU preset, {' vs '.join(DEFAULT_METHODS)}\n"
                     "  python ppadapt/bench.py --methods full,linear,lora,bitfit --steps 5\n"
                     "  python ppadapt/bench.py --data-file cifar-10-python.tar.gz --json")
     p.add_argument("--config", metavar="FILE.yaml", default=str(DEFAULT_CONFIG),
@@ -74,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (bare stage keys apply to the transfer stage); "
                         "-o method.KEY=VALUE goes to the benchmarked methods that have that option")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated tuning methods (default: full,adaptformer); see transfer.py --list-methods")
+                   help=f"comma-separated tuning methods (default: {','.join(DEFAULT_METHODS)}); see transfer.py "
+                        "--list-methods")
     p.add_argument("--batch-size", type=int, help="images per step (default: the config's transfer.batch_size)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per method (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per method (default: 2)")
@@ -112,7 +110,8 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
         if value is not None and value < minimum:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
     base, options = split_method_options(args.override, methods)
-    cfg = load_config(args.config, base, stage="transfer")
+    with legacy_notes(lambda note: log(f"note: {note}")):  # an older config form: one progress line
+        cfg = load_config(args.config, base, stage="transfer")
     batch_size = args.batch_size or cfg.transfer.batch_size
     batches, data_s, classes = None, None, args.classes or 10
     if args.data_file:
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     m = cfg.model
     setup = {"config": _display_path(args.config), "overrides": list(args.override),
              "model": f"ViT dim {m.embed_dim}, depth {m.depth}, heads {m.num_heads}, patch {m.patch_size}, "
-                      f"img {m.img_size}" + (", AdaptFormer branches" if cfg.adapter.enabled else ""),
+                      f"img {m.img_size}" + "".join(f", {get_method(name).modules}" for name in m.carry),
              "input": f"real images from {args.data_file}" if args.data_file else "random input",
              "batch_size": rows[0]["batch_size"], "classes": classes, "steps": args.steps,
              "warmup": args.warmup, "order": args.order, "data_s_per_batch": data_s,

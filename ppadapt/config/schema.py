@@ -1,0 +1,175 @@
+"""The sections of a config (typed dataclasses) and the checks of a value against a field's type."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from ..errors import ConfigError
+from ..models.vit import ViTConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+STAGES = ("pretrain", "transfer")
+SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine")
+
+
+@dataclass
+class ModelSection(ViTConfig):
+    """The network of a config: a ViT architecture (:class:`ViTConfig`'s keys), plus
+
+    * ``carry``: the methods whose modules the backbone carries from pretraining on, with
+      their options (``{name: {option: value}}``, e.g. the tutorial's branches pretrained
+      upstream); empty: a plain ViT. A transfer method the model carries reuses those
+      modules; any other comes on top.
+    * ``drop_border``: a patch size that does not divide the image size is an error unless
+      this is true; then the border pixels that do not fill a whole patch are dropped
+      (PaddleClas's patch embedding; the tutorial's 3-pixel patches on 32-pixel images).
+    """
+
+    carry: dict = field(default_factory=dict)
+    drop_border: bool = False
+
+    def architecture(self) -> ViTConfig:
+        """The plain :class:`ViTConfig` of this section (what :class:`VisionTransformer` takes)."""
+        return ViTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ViTConfig)})
+
+    @classmethod
+    def plain(cls, arch: ViTConfig, **changes: Any) -> "ModelSection":
+        """A section of architecture ``arch`` (with ``changes``) that carries nothing."""
+        values = {f.name: getattr(arch, f.name) for f in dataclasses.fields(ViTConfig)}
+        return cls(**{**values, **changes})
+
+
+@dataclass
+class StageConfig:
+    """Data and optimisation of one stage (pretraining or transfer)."""
+
+    dataset: str = "cifar10"
+    data_file: str | None = None
+    data_dir: str | None = None
+    classes: list[int] | None = None
+    augment: bool = True
+    num_workers: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "warmup_epoch_cosine"  # warmup_epoch_cosine | warmup_step_cosine
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+    log_freq: int = 10
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    dataset: str = "cifar100"
+
+
+@dataclass
+class TransferConfig(StageConfig):
+    freeze: bool = False  # --freeze: the transfer method is the one that flag stands for
+    pretrained: str | None = None  # None: the final checkpoint of this config's pretraining run
+    resume_adapter: str | None = None  # an adapter.pdparams to start the method's tensors from
+
+
+@dataclass
+class MethodSection:
+    """The tuning method of the transfer stage and its options (``-o method.rank=8``).
+
+    Option names depend on the method, so they are checked against the method's
+    own config in :func:`ppadapt.config.validate` rather than by this dataclass.
+    """
+
+    name: str = "full"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    seed: int = 42
+    output: str = "output"
+    name: str = "tutorial"  # prefix of the run directories under ``output``
+
+    def stage(self, which: str) -> StageConfig:
+        return getattr(self, which)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- typed values ----------------------------------------------------------------------
+
+def field_names(node: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def field_types(node: Any) -> dict:
+    return typing.get_type_hints(node if isinstance(node, type) else type(node))
+
+
+def unknown_key(names: list[str], section: str, key: str, source: str) -> ConfigError:
+    """The error of an unknown key ``key`` in ``section`` (valid keys ``names``), with a suggestion."""
+    where = f"in section '{section}'" if section else "at top level"
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
+    origin = f"{source}: " if source else ""
+    return ConfigError(f"{origin}unknown config key '{key}' {where}; {hint}")
+
+
+def parse_scalar(raw: str) -> Any:
+    """The value of ``-o KEY=VALUE``'s VALUE: YAML (``8``, ``true``, ``[1, 2]``), else the text."""
+    raw = raw.strip()
+    try:
+        return yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        return raw
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's type; accept ints for floats and '1e-4' strings."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    kind = "a mapping" if annotation is dict or origin is dict else getattr(annotation, "__name__", str(annotation))
+    example = {int: "a whole number, e.g. 10", float: "a number, e.g. 0.01", bool: "true or false",
+               str: "a text value"}.get(annotation)
+    raise ConfigError(f"{key} must be {kind}, got {value!r}" + (f" (give {example})" if example else ""))
