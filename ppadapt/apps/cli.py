@@ -8,8 +8,17 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..config import CONFIG_DIR, Config, load_config, set_value, validate
+from ..config import CONFIG_DIR, Config, load_config, parse_scalar, set_backbone, set_value, validate
 from ..config.flags import apply_flags, explicit_keys, presets
+from ..data.bundle import class_count
+from ..errors import ConfigError
+from ..methods import list_methods
+from ..methods.build import apply_transfer_method, build_model
+from ..methods.trainable import count_parameters
+from ..models.paddleclas_archs import paddleclas_vit_config
+from ..runs.pretrained import paddleclas_ref
+from ..training.engine import run_stage
+from ..training.resume import prepare_resume
 from .tool import ArgumentParser, run_tool
 
 DATASET_CHOICES = ("cifar10", "cifar100", "digits", "folder")
@@ -44,7 +53,6 @@ def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
     """``--resume``: the checkpoint and the config to continue with, or None."""
     if args.resume is None:
         return None
-    from ..training.resume import prepare_resume
     return prepare_resume(cfg, stage, args.resume, explicit_keys(args, stage))
 
 
@@ -73,11 +81,6 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
     (``transfer.pretrained: paddleclas:NAME``, downloaded once and cached). Runs go to
     ``output/<config>_<backbone>_transfer_...``.
     """
-    from ..config import parse_scalar, set_backbone
-    from ..errors import ConfigError
-    from ..models.paddleclas_archs import paddleclas_vit_config
-    from ..runs.pretrained import paddleclas_ref
-
     try:
         arch = paddleclas_vit_config(name)
     except ValueError as exc:
@@ -104,7 +107,6 @@ def train_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> i
     args = p.parse_args(argv)
 
     def main() -> int:
-        from ..training.engine import run_stage  # imports Paddle: after argument parsing, so --help is instant
         cfg = _load(args, "pretrain", args.dataset)
         run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"),
                   callbacks=callbacks)
@@ -143,19 +145,14 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
 
     def main() -> int:
         if args.list_methods:
-            from ..methods import list_methods
             print(list_methods())
             return 0
         cfg = _load(args, "transfer", args.dataset)
         if args.dry_run:
-            from ..data.bundle import class_count
-            from ..methods.build import apply_transfer_method, build_model
-            from ..methods.trainable import count_parameters
             model = build_model(cfg, class_count(cfg, "transfer"))
             apply_transfer_method(model, cfg)
             print(count_parameters(model))
             return 0
-        from ..training.engine import run_stage
         run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"),
                   callbacks=callbacks)
         return 0

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..config.tuning import FREEZE
 from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError
+from ..methods import method_of_flag
 from ..runs.record import RUN_RECORD, RunRecord, read_record
 from ..utils.formatting import format_size
 from .tool import ArgumentParser, run_tool
@@ -143,8 +145,6 @@ def _legacy_method(record: RunRecord, stage: str) -> str:
         return "full"
     config = record.config or {}
     if (config.get("transfer") or {}).get("freeze"):
-        from ..config.tuning import FREEZE
-        from ..methods import method_of_flag
         return method_of_flag(FREEZE).name
     return (config.get("method") or {}).get("name") or "full"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from visualdl import LogReader
 
 from ..errors import DataError
 
@@ -57,7 +58,6 @@ def read_scalars(logdir: str | Path) -> Scalars:
     files = log_files(logdir)
     if not files:
         raise DataError(f"no VisualDL log (vdlrecords.*.log) in {logdir}")
-    from visualdl import LogReader  # slow to import: only when a log is read
 
     # file_path mode parses one file in full; logdir mode would go through
     # VisualDL's server-side data manager, which samples long curves down.

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import config_from_dict, transfer_method, validate
 from ..errors import CheckpointError, ConfigError
+from ..methods.build import apply_transfer_method, build_model
+from .adapter_file import META_KEY
+from .checkpoint import load_state_dict, load_weights
 from .record import RUN_RECORD, RunRecord, read_record
 
 WEIGHTS = ("best", "final")
@@ -83,8 +87,6 @@ def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tu
 def config_from_record(data: Any):
     """The :class:`~ppadapt.config.Config` recorded in run.json, validated; a record from
     another version of ppadapt fails with the offending key named."""
-    from ..config import config_from_dict, validate
-
     try:
         cfg = config_from_dict(data, source="run.json")
         validate(cfg)
@@ -95,9 +97,6 @@ def config_from_record(data: Any):
 
 def build_run_model(cfg, record: RunRecord):
     """The network of a run, before its weights: ``(model, method name, stage)``."""
-    from ..config import transfer_method
-    from ..methods.build import apply_transfer_method, build_model
-
     stage = record.stage if record.stage is not None else "transfer"
     if stage not in ("pretrain", "transfer"):
         raise CheckpointError(f"run.json has an unknown stage {stage!r} (expected pretrain or transfer)")
@@ -125,9 +124,6 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
     The model comes back in eval mode (dropout off) with every parameter's
     ``stop_gradient`` set, so no autograd state or training-only path is used.
     """
-    from .adapter_file import META_KEY
-    from .checkpoint import load_state_dict, load_weights
-
     run_dir, weights_file = resolve_checkpoint(checkpoint, weights)
     record = read_record(run_dir, require=REQUIRED)
     cfg = config_from_record(record.config)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import paddle
+from paddle.base import libpaddle
 
 from ..utils import safe_pickle
 from ..utils.safe_pickle import UnsafePickleError
@@ -71,8 +72,6 @@ PADDLE_FILE: dict[tuple[str, str], Any] = {
 
 
 def _generator_state_class() -> type:
-    from paddle.base import libpaddle
-
     return libpaddle.GeneratorState
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError
+from .checkpoint import atomic_write_json
 
 if TYPE_CHECKING:
     from ..methods.trainable import ParamCount
@@ -124,8 +125,6 @@ def record_path(run: str | os.PathLike) -> Path:
 
 def write_record(record: RunRecord, path: str | os.PathLike) -> None:
     """Write ``record`` to ``path`` (a ``run.json``) atomically, as indented JSON."""
-    from .checkpoint import atomic_write_json  # imports Paddle; reading records does not
-
     atomic_write_json(record.to_dict(), os.fspath(path))
 
 
