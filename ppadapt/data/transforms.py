@@ -278,11 +278,16 @@ def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation)
 
 
+def center_crop_shorter_side(size: int, fraction: float = CENTER_CROP_FRACTION) -> int:
+    """The shorter side :func:`resize_center_crop` resizes to before cropping ``size``."""
+    return max(size, int(math.floor(size / fraction)))
+
+
 def resize_center_crop(image: np.ndarray, size: int, fraction: float = CENTER_CROP_FRACTION) -> np.ndarray:
     """The shorter side resized to ``floor(size / fraction)`` (aspect kept), then the centre
     ``size`` x ``size`` square: ImageNet-style evaluation (224 from 256 at 0.875)."""
     h, w = image.shape[:2]
-    short = max(size, int(math.floor(size / fraction)))
+    short = center_crop_shorter_side(size, fraction)
     if h <= w:
         new_h, new_w = short, max(short, int(round(w * short / h)))
     else:
