@@ -2,7 +2,6 @@
 BiT's resolution rule, through their real code and the config's checks."""
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np
