@@ -237,3 +237,40 @@ def test_augment_false_with_a_pipeline_is_a_conflict():
                                   "'rrc_flip': drop augment: false, or set pretrain.augmentation: none")
     cfg = load_config(CONFIG_DIR / "digits.yaml", ["pretrain.augmentation=rrc_flip", "pretrain.augment=true"])
     assert stage_pipeline(cfg, "pretrain").augmentation == "rrc_flip"
+
+
+# --- end to end --------------------------------------------------------------------------
+
+def test_a_bit_run_records_its_size_and_predict_evaluates_as_it_did(cifar10_file, tmp_path):
+    import json
+
+    from ppadapt.apps.predict import Predictor
+    from ppadapt.training.engine import run_stage
+
+    cfg = load_config(CONFIG_DIR / "tutorial.yaml",
+                      ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=16",
+                       "model.drop_border=false", "model.carry.adaptformer.bottleneck=8", "pretrain.dataset=cifar10",
+                       f"pretrain.data_file={cifar10_file}", "pretrain.epochs=1", "pretrain.batch_size=10",
+                       "pretrain.resolution=bit", "pretrain.augmentation=crop_flip",
+                       "pretrain.eval_resize=resize_center_crop", f"output={tmp_path}"], stage="pretrain")
+    lines = []
+    result = run_stage(cfg, "pretrain", verbose=0, log=lines.append)
+    assert any(line.startswith("pretrain.resolution bit: cifar10 images are 32x32") for line in lines)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["config"]["model"]["img_size"] == 128 and record["config"]["pretrain"]["resolution"] == "bit"
+    predictor = Predictor(result.run_dir, topk=1)
+    assert predictor.img_size == 128 and predictor._transform.center_crop
+    test = build_datasets("cifar10", data_file=str(cifar10_file), augment=False).test
+    top1 = np.array([predictor.class_names.index(r["labels"][0]) for r in predictor(list(test.images))])
+    assert np.mean(top1 == test.labels) == pytest.approx(record["best"]["acc_top1"], abs=1e-6)
+
+
+def test_transfer_dry_run_counts_at_the_size_the_rule_gives(capsys):
+    from ppadapt.apps.cli import transfer_main
+
+    counts = []
+    for extra in ([], ["-o", "transfer.resolution=bit"]):
+        assert transfer_main(["--config", str(CONFIG_DIR / "digits.yaml"), "--dry-run", *extra]) == 0
+        total = capsys.readouterr().out.split(" of ")[1].split(" ")[0]
+        counts.append(int(total.replace(",", "")))
+    assert counts[1] - counts[0] == (32 * 32 - 4 * 4) * 64  # 128 px in 4 px patches instead of 16 px, width 64
