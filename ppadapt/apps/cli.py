@@ -11,6 +11,7 @@ from typing import Sequence
 from ..config import CONFIG_DIR, Config, load_config, parse_scalar, set_backbone, set_value, validate
 from ..config.flags import apply_flags, explicit_keys, presets
 from ..data.bundle import class_count
+from ..data.resolution import resolve_resolution
 from ..errors import ConfigError
 from ..methods import list_methods
 from ..methods.build import apply_transfer_method, build_model
@@ -149,6 +150,7 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
             return 0
         cfg = _load(args, "transfer", args.dataset)
         if args.dry_run:
+            cfg = resolve_resolution(cfg, "transfer", log=lambda line: None)  # the size training would use
             model = build_model(cfg, class_count(cfg, "transfer"))
             apply_transfer_method(model, cfg)
             print(count_parameters(model))

@@ -36,6 +36,7 @@ import paddle.inference as paddle_infer
 import yaml
 from paddle.static import InputSpec
 
+from ..data.transforms import center_crop_shorter_side
 from ..errors import ConfigError, PPAdaptError
 from ..methods import get_method
 from ..runs.loading import describe, load_run
@@ -215,6 +216,10 @@ def _write_meta(result: ExportResult, run) -> None:
             "ppadapt": __version__, "paddle": paddle.__version__,
         },
     }
+    if run.config.stage(run.stage).eval_resize == "resize_center_crop":  # evaluated as ImageNet recipes do
+        rest = {k: v for k, v in meta["preprocess"].items() if k not in ("color", "resize")}
+        meta["preprocess"] = {"color": "RGB", "resize_shorter_side": center_crop_shorter_side(size),
+                              "center_crop": [size, size], **rest}
     header = ("# How to feed the exported model (ppadapt export.py). Load it with\n"
               f"# paddle.inference.Config('{result.model_file.name}', '{result.params_file.name}').\n")
     result.meta_file.write_text(header + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100),

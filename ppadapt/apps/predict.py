@@ -3,7 +3,9 @@
 The model is rebuilt from the run's ``run.json`` (see :mod:`ppadapt.runs.loading`)
 and every image goes through the run's own evaluation preprocessing: converted
 to RGB (grey, alpha and palette images included), resized to the model's input
-size as the data loaders resize (:func:`ppadapt.data.arrays.resize_image`), then
+size as the data loaders resize (:func:`ppadapt.data.arrays.resize_image`; or the
+shorter side resized and the centre cropped, for a run with ``eval_resize:
+resize_center_crop``), then
 normalised with the run's mean/std (:class:`ppadapt.data.transforms.EvalTransform`).
 Scores are softmax probabilities, top-k first, with the run's class names::
 
@@ -61,7 +63,8 @@ class Predictor:
         self.mean, self.std = self.run.mean, self.run.std
         self.topk = min(topk, len(self.class_names))
         self.batch_size = batch_size
-        self._transform = EvalTransform(self.mean, self.std, self.img_size)  # resizes, as in evaluation
+        center_crop = self.run.config.stage(self.run.stage).eval_resize == "resize_center_crop"
+        self._transform = EvalTransform(self.mean, self.std, self.img_size, center_crop=center_crop)  # as in evaluation
 
     # -- inputs ------------------------------------------------------------------
     @staticmethod

@@ -17,6 +17,9 @@ from ..models.vit import ViTConfig
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("pretrain", "transfer")
 SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine")
+AUGMENTATIONS = ("tutorial", "crop_flip", "rrc_flip", "none")  # ppadapt/data/transforms.py
+EVAL_RESIZES = ("none", "resize_center_crop")
+RESOLUTIONS = ("fixed", "bit")  # ppadapt/data/resolution.py
 
 
 @dataclass
@@ -54,7 +57,13 @@ class StageConfig:
     data_file: str | None = None
     data_dir: str | None = None
     classes: list[int] | None = None
-    augment: bool = True
+    augment: bool = True  # false: no augmentation (augmentation: none), the older key
+    augmentation: str = "tutorial"  # tutorial | crop_flip | rrc_flip | none
+    eval_resize: str = "none"  # none | resize_center_crop (shorter side to img_size/0.875, centre crop)
+    resolution: str = "fixed"  # fixed: model.img_size | bit: BiT's rule sets it from the images' size
+    mixup_alpha: float = 0.0  # > 0: MixUp with lam ~ Beta(alpha, alpha)
+    cutmix_alpha: float = 0.0  # > 0: CutMix; both > 0: one or the other per batch, 50/50
+    mix_prob: float = 1.0  # the chance that a batch is mixed at all
     num_workers: int = 0
     epochs: int = 10
     batch_size: int = 128

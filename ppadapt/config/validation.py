@@ -6,7 +6,7 @@ read or any model is built.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .schema import STAGES, SCHEDULES, Config, ModelSection
+from .schema import AUGMENTATIONS, EVAL_RESIZES, RESOLUTIONS, STAGES, SCHEDULES, Config, ModelSection, StageConfig
 from .tuning import check_methods
 
 
@@ -26,6 +26,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{name}.{key} must not be negative, got {getattr(st, key)}")
         if st.schedule not in SCHEDULES:
             raise ConfigError(f"{name}.schedule must be one of {SCHEDULES}, got {st.schedule!r}")
+        check_augmentation(name, st)
     check_geometry(cfg.model)
     check_methods(cfg)
 
@@ -59,3 +60,25 @@ def check_geometry(m: ModelSection) -> None:
     for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         if not 0.0 <= getattr(m, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(m, key)}")
+
+
+def check_augmentation(name: str, st: StageConfig) -> None:
+    """The data pipeline's choices and MixUp/CutMix's ranges, one line each with the fix."""
+    for key, choices in (("augmentation", AUGMENTATIONS), ("eval_resize", EVAL_RESIZES),
+                         ("resolution", RESOLUTIONS)):
+        if getattr(st, key) not in choices:
+            raise ConfigError(f"{name}.{key} must be one of {', '.join(choices)}, got {getattr(st, key)!r} "
+                              f"(-o {name}.{key}={choices[0]})")
+    if not st.augment and st.augmentation not in ("tutorial", "none"):
+        raise ConfigError(f"{name}.augment is false (no augmentation) but {name}.augmentation is "
+                          f"{st.augmentation!r}: drop augment: false, or set {name}.augmentation: none")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if not getattr(st, key) >= 0:
+            raise ConfigError(f"{name}.{key} must not be negative, got {getattr(st, key)} (0 turns it off; "
+                              f"e.g. -o {name}.{key}=0.8)")
+    if not 0.0 <= st.mix_prob <= 1.0:
+        raise ConfigError(f"{name}.mix_prob must be in [0, 1], got {st.mix_prob} (the chance that a batch is "
+                          f"mixed; e.g. -o {name}.mix_prob=1.0)")
+    if (st.mixup_alpha > 0 or st.cutmix_alpha > 0) and st.batch_size < 2:
+        raise ConfigError(f"MixUp needs at least 2 images per batch: {name}.batch_size is {st.batch_size} "
+                          f"(raise it, or set {name}.mixup_alpha and {name}.cutmix_alpha to 0)")

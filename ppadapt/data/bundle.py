@@ -12,7 +12,7 @@ from .arrays import ArrayDataset, Splits, select_classes
 from .cifar import cifar_spec, load_cifar
 from .digits import DIGITS_MEAN, DIGITS_STD, ROLES, load_digits_splits
 from .folder import FOLDER_MEAN, FOLDER_STD, load_image_folder
-from .transforms import EvalTransform, TrainTransform
+from .transforms import Pipeline
 
 DATASETS = ("cifar10", "cifar100", "digits", "folder")
 KNOWN_CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 5}
@@ -37,7 +37,8 @@ class DatasetBundle:
 def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
                    data_file: str | Path | None = None, data_dir: str | Path | None = None,
                    classes: Sequence[int] | None = None, augment: bool = True,
-                   normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> DatasetBundle:
+                   normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                   pipeline: Pipeline = Pipeline()) -> DatasetBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) for a training stage.
 
     ``role`` ("pretrain" / "transfer") picks digits 0-4 or 5-9 and is ignored by
@@ -45,8 +46,9 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
     0..k-1 in the given order (``None`` or empty keeps all). Images stay at their
     stored size in memory and the transforms resize each one to ``img_size`` as it is
     read: CIFAR-10 upsampled to 224 px up front would hold 7.5 GB. ``augment=False`` gives the train split the
-    deterministic eval transform. ``normalization`` = ``(mean, std)`` replaces the
-    dataset's own statistics: pretrained weights expect the normalisation they were
+    deterministic eval transform; ``pipeline`` picks the augmentation and evaluation resize
+    (:class:`~ppadapt.data.transforms.Pipeline`; the default is the tutorial's).
+    ``normalization`` = ``(mean, std)`` replaces the dataset's own statistics: pretrained weights expect the normalisation they were
     trained with (PaddleClas's ViTs: 0.5 / 0.5). Every user-fixable problem raises ``DataError``.
     """
     if name not in DATASETS:
@@ -61,7 +63,7 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
         splits: Splits = load_digits_splits(role)
         mean, std, flip = DIGITS_MEAN, DIGITS_STD, False  # a mirrored digit is another symbol
     elif name == "folder":
-        splits = load_image_folder(data_dir, img_size)
+        splits = load_image_folder(data_dir, pipeline.decode_size(img_size))
         mean, std = FOLDER_MEAN, FOLDER_STD
     else:
         spec = cifar_spec(name)
@@ -75,8 +77,7 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
 
     splits = select_classes(splits, classes)
     _check_not_empty(splits, name, role, classes, data_file or data_dir)
-    eval_transform = EvalTransform(mean, std, img_size)
-    train_transform = TrainTransform(img_size, mean, std, flip=flip) if augment else eval_transform
+    train_transform, eval_transform = pipeline.transforms(img_size, mean, std, flip=flip, augment=augment)
     return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
                          test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),
                          class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std))

@@ -15,6 +15,12 @@ The sampler yields keys ``(epoch, index)`` rather than bare indices, and
 ``np.random.default_rng([seed, epoch, index])`` for the augmentation: the random crop,
 flip, ... of a sample depend on nothing else (not on the worker process that loads it,
 the loader's prefetching, the batch size or the number of ranks).
+
+For a batch-level transform (MixUp/CutMix, :mod:`ppadapt.data.mixing`) the sampler made
+with ``batch_keys=True`` yields ``(epoch, index, batch)`` keys, ``batch`` being the
+batch's position in this rank's epoch, and :class:`SeededDataset` then adds
+``[epoch, batch]`` to each item: the loader's ``collate_fn`` sees which batch it builds,
+in whichever worker process it runs, and can seed its draws from that alone.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 import paddle
 
 from .arrays import ArrayDataset
-from .transforms import TrainTransform
+from .transforms import RandomTransform
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -44,7 +50,8 @@ class EpochBatchSampler:
 
     ``set_epoch(epoch, skip)`` before each epoch (a callback does it); ``skip`` leaves out
     the first ``skip`` batches of that epoch (a run resumed mid-epoch). ``len()`` is
-    always the full number of batches per epoch of this rank.
+    always the full number of batches per epoch of this rank. ``batch_keys=True``: keys
+    ``(epoch, index, batch)``, the batch counted from the start of the epoch, skip or not.
 
     Not a ``paddle.io.BatchSampler`` subclass on purpose: the DataLoader's optional
     num_workers auto-tuning rebuilds those from their ``sampler``, which would lose the
@@ -52,7 +59,8 @@ class EpochBatchSampler:
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, *, shuffle: bool = True,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0,
+                 batch_keys: bool = False) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         if batch_size < 1:
@@ -66,6 +74,7 @@ class EpochBatchSampler:
         self.drop_last = drop_last
         self.nranks = num_replicas
         self.local_rank = rank
+        self.batch_keys = batch_keys
         self.epoch = 0
         self.skip = 0
         self.num_samples = math.ceil(num_samples / num_replicas)  # per rank, padding included
@@ -100,10 +109,13 @@ class EpochBatchSampler:
             out.pop()
         return out
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         epoch = self.epoch
-        for batch in self.batches(epoch)[self.skip:]:
-            yield [(epoch, int(i)) for i in batch]
+        for position, batch in enumerate(self.batches(epoch)[self.skip:], start=self.skip):
+            if self.batch_keys:
+                yield [(epoch, int(i), position) for i in batch]
+            else:
+                yield [(epoch, int(i)) for i in batch]
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -116,9 +128,11 @@ class SeededDataset(paddle.io.Dataset):
     drawn from ``np.random.default_rng([seed, epoch, index])``.
 
     ``base`` is an :class:`~ppadapt.data.arrays.ArrayDataset`; its
-    :class:`~ppadapt.data.transforms.TrainTransform` gets the sample's generator. Any
-    other transform is called as it is (it should then be deterministic). A bare
-    integer key means epoch 0.
+    :class:`~ppadapt.data.transforms.RandomTransform` (every training pipeline) gets the
+    sample's generator. Any other transform is called as it is (it should then be
+    deterministic). A bare integer key means epoch 0. A key ``(epoch, index, batch)``
+    (a sampler with ``batch_keys``) adds a third field to the item, int64 ``[epoch, batch]``,
+    for the loader's batch-level ``collate_fn``.
     """
 
     def __init__(self, base: paddle.io.Dataset, seed: int) -> None:
@@ -130,10 +144,14 @@ class SeededDataset(paddle.io.Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, (tuple, list)) else (0, key)
+        epoch, index = key[:2] if isinstance(key, (tuple, list)) else (0, key)
         base = self.base
-        if isinstance(base, ArrayDataset) and isinstance(base.transform, TrainTransform):
+        if isinstance(base, ArrayDataset) and isinstance(base.transform, RandomTransform):
             rng = np.random.default_rng([self.seed, int(epoch), int(index)])
             image = base.transform(base.images[index], rng=rng)
-            return image, np.array([base.labels[index]], dtype=np.int64)
-        return base[index]
+            item = image, np.array([base.labels[index]], dtype=np.int64)
+        else:
+            item = base[index]
+        if isinstance(key, (tuple, list)) and len(key) == 3:
+            return (*item, np.array([epoch, key[2]], dtype=np.int64))
+        return item

@@ -7,8 +7,12 @@ from typing import Callable
 
 import paddle
 
+from ..config import Config
 from ..data import DatasetBundle, build_datasets
+from ..data.resolution import stage_bit_sizes
 from ..data.sampler import EpochBatchSampler, SeededDataset
+from ..data.transforms import Pipeline
+from .mixing import make_mixer
 from .plan import StagePlan
 
 
@@ -36,12 +40,21 @@ class StageData:
         return self.bundle.std
 
 
+def stage_pipeline(cfg: Config, stage: str) -> Pipeline:
+    """The stage's augmentation and evaluation resize; with ``resolution: bit``, the size
+    ``crop_flip`` crops from (:mod:`ppadapt.data.resolution`)."""
+    st = cfg.stage(stage)
+    bit = stage_bit_sizes(cfg, stage)
+    return Pipeline(st.augmentation, st.eval_resize, bit.resize if bit else None)
+
+
 def load_datasets(plan: StagePlan, log: Callable[[str], None]) -> DatasetBundle:
     """The stage's train and test sets, normalised as the plan says."""
     st, norm = plan.cfg.stage(plan.stage), plan.normalization
     data = build_datasets(st.dataset, role=plan.stage, img_size=plan.cfg.model.img_size,
                           data_file=st.data_file, data_dir=st.data_dir, classes=st.classes,
-                          augment=st.augment, normalization=norm[:2] if norm else None)
+                          augment=st.augment, normalization=norm[:2] if norm else None,
+                          pipeline=stage_pipeline(plan.cfg, plan.stage))
     log(f"{plan.stage}: {st.dataset}, {len(data.train)} train / {len(data.test)} test images, "
         f"{data.num_classes} classes")
     if norm and not plan.resumed:
@@ -50,12 +63,15 @@ def load_datasets(plan: StagePlan, log: Callable[[str], None]) -> DatasetBundle:
 
 
 def make_loaders(plan: StagePlan, data: DatasetBundle, rank: int, nranks: int) -> StageData:
-    """Data order and augmentation depend only on (seed, epoch, sample): see
-    :mod:`ppadapt.data.sampler`."""
+    """Data order and augmentation depend only on (seed, epoch, sample), MixUp/CutMix only on
+    (seed, epoch, batch, rank): see :mod:`ppadapt.data.sampler` and :mod:`ppadapt.data.mixing`."""
     st, seed = plan.cfg.stage(plan.stage), plan.cfg.seed
     train_set = SeededDataset(data.train, seed)
-    sampler = EpochBatchSampler(len(train_set), st.batch_size, seed, num_replicas=nranks, rank=rank)
-    train_loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=st.num_workers)
+    mixer = make_mixer(st, data.num_classes, seed, rank)
+    sampler = EpochBatchSampler(len(train_set), st.batch_size, seed, num_replicas=nranks, rank=rank,
+                                batch_keys=mixer is not None)
+    train_loader = paddle.io.DataLoader(train_set, batch_sampler=sampler, num_workers=st.num_workers,
+                                        collate_fn=mixer)
     if nranks > 1:  # each rank evaluates its share; paddle.Model gathers the predictions for the metrics
         test_loader = paddle.io.DataLoader(
             data.test, batch_sampler=paddle.io.DistributedBatchSampler(data.test, batch_size=st.batch_size),

@@ -1,7 +1,8 @@
 """What differs between a fresh and a resumed run, decided once.
 
 A fresh run takes everything from its config: the run folder, the pretrained backbone
-(transfer) and the normalisation its weights expect. A resumed run takes everything
+(transfer), the normalisation its weights expect and, with ``resolution: bit``, the model's
+input size (:mod:`ppadapt.data.resolution`). A resumed run takes everything
 from its checkpoint: the config, the folder, the normalisation it trained with, the
 weights and the position in the run. The rest of the pipeline only reads the plan.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config
+from ..data.resolution import resolve_resolution
 from ..runs.layout import run_dir
 from ..runs.pretrained import pretrained_normalization, resolve_pretrained
 from .resume import ResumePoint, prepare_resume
@@ -54,6 +56,7 @@ def plan_stage(cfg: Config, stage: str, resume: Any = None,
     """The plan of a fresh run (``resume`` None/False) or of continuing one: ``True`` (this
     config and stage's run folder), a run folder or checkpoint path, or a ResumePoint."""
     if resume is None or resume is False:
+        cfg = resolve_resolution(cfg, stage, log)  # resolution: bit sets model.img_size (a resumed run has it)
         if stage != "transfer":
             return StagePlan(cfg, stage, run_dir(cfg, stage))
         # Resolved first: a missing checkpoint fails before any time is spent on the data.

@@ -23,6 +23,7 @@ from ..runs.resume_file import RESUME_FILE, TOOLS
 from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean, TrainingGuard,
                         VisualDLLogger)
 from .data_loading import StageData
+from .mixing import soft_target_loss
 from .optim import lr_callback, make_optimizer
 from .plan import StagePlan
 from .resume import capture, gather_rng_states, remap_optimizer_state, restore_global_rng
@@ -61,7 +62,8 @@ class Trainer:
                                                          "float32", "image")],
                                 labels=[InputSpec([None, 1], "int64", "label")])
         self.optimizer = make_optimizer(model, cfg, stage)
-        self.net.prepare(self.optimizer, paddle.nn.CrossEntropyLoss(), paddle.metric.Accuracy(topk=self.topk))
+        loss = soft_target_loss(paddle.nn.CrossEntropyLoss(), st)  # MixUp/CutMix: soft targets in training
+        self.net.prepare(self.optimizer, loss, paddle.metric.Accuracy(topk=self.topk))
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,

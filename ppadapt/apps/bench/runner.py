@@ -12,6 +12,7 @@ from paddle.static import InputSpec
 
 from ...config import Config, validate
 from ...data import build_datasets
+from ...data.transforms import Pipeline
 from ...errors import ConfigError, DataError
 from ...methods import get_method
 from ...methods.build import apply_transfer_method, build_model
@@ -54,7 +55,8 @@ def real_batches(cfg: Config, data_file: str, batch_size: int, count: int) -> tu
         raise ConfigError(f"--data-file needs transfer.dataset cifar10 or cifar100, got {st.dataset!r} "
                           "(pass -o transfer.dataset=cifar10 or cifar100)")
     data = build_datasets(st.dataset, role="transfer", img_size=cfg.model.img_size, data_file=data_file,
-                          classes=st.classes, augment=st.augment)
+                          classes=st.classes, augment=st.augment,
+                          pipeline=Pipeline(st.augmentation, st.eval_resize))  # at model.img_size (no BiT rule)
     if len(data.train) < batch_size:
         raise DataError(f"batch size {batch_size} is larger than the {len(data.train)} training images "
                         f"of {data_file}; pass a smaller --batch-size")
