@@ -263,3 +263,17 @@ def test_the_report_plot_has_the_change_panel(frozen_run, tmp_path):
         assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         plt.close(fig)
+
+
+def test_a_resumed_log_keeps_adapt_tags_of_the_checkpointed_epochs_only(tmp_path):
+    from visualdl import LogWriter
+
+    from ppadapt.training.callbacks import VisualDLLogger
+
+    with LogWriter(str(tmp_path)) as writer:  # the killed run logged epoch 2 after its last checkpoint
+        for epoch in range(3):
+            writer.add_scalar(tag="adapt/head/rel_change", step=epoch, value=0.5 * (epoch + 1))
+            writer.add_scalar(tag="eval/acc_top1", step=epoch, value=0.25)
+    earlier, _ = VisualDLLogger(str(tmp_path), start_epoch=2, start_step=8)._earlier_scalars()
+    assert [(t, s) for t, s, _ in earlier if t.startswith("adapt/")] == [("adapt/head/rel_change", 0),
+                                                                          ("adapt/head/rel_change", 1)]
