@@ -105,6 +105,9 @@ def test_sigkill_in_epoch_3_then_resume_is_bit_identical(archive, reference, tmp
     from ppadapt.apps.vdl import read_scalars  # what VisualDL shows: the newest log of the directory
     ref_vdl, vdl = read_scalars(reference / "vdl"), read_scalars(run_dir / "vdl")
     assert vdl == ref_vdl and vdl["train/loss"][0] == list(range(1, 17)) and vdl["eval/acc_top1"][0] == [0, 1, 2, 3]
+    # the adapt/* curves measure from the run's start (theta0 kept in the checkpoint), not from the resume point
+    assert vdl["adapt/backbone/rel_change"][0] == [0, 1, 2, 3] and "adapt/adaptformer/branch_to_mlp" in vdl
+    assert all(set(e["adapt_rel_change"]) == {"backbone", "adaptformer", "head"} for e in history(run_dir))
 
 
 def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(archive, reference, tmp_path):
@@ -125,7 +128,8 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(archive, reference, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at epoch 3/4, batch 2/4 (global step 10)" in resumed.stdout
     assert_bit_identical(weights(reference), weights(run_dir))
-    assert history(run_dir) == history(reference)  # even the interrupted epoch's train loss/accuracy
+    assert history(run_dir) == history(reference)  # even the interrupted epoch's train loss/accuracy (and adapt_*)
+    assert history(run_dir)[2]["adapt_rel_change"]["backbone"] > 0
 
 
 def test_resume_of_a_finished_run_has_nothing_to_do(reference, capsys):

@@ -33,7 +33,7 @@ from ..methods import method_of_flag
 from ..runs.record import RUN_RECORD, RunRecord, read_record
 from ..utils.formatting import format_size
 from .tool import ArgumentParser, run_tool
-from .vdl import log_files, plot_runs
+from .vdl import Panel, log_files, plot_runs
 
 PPT_SCALE = 1e7  # V-PETL Bench's normalising constant C
 SORT_KEYS = ("ppt", "top1", "name")
@@ -261,10 +261,34 @@ def csv_table(runs: Sequence[RunSummary]) -> str:
     return out.getvalue()
 
 
+def change_lines(run_dir: Path) -> list[tuple[str, list[int], list[float]]]:
+    """A run's ``adapt_rel_change`` per group and epoch, from its run.json (none for a run
+    recorded before it was, or without one): ``[(group, epochs, values)]``."""
+    try:
+        history = read_record(run_dir).history or []
+    except CheckpointError:
+        return []
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in history:
+        if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
+            continue
+        for group, value in (entry.get("adapt_rel_change") or {}).items():
+            if isinstance(value, (int, float)):
+                xs, ys = series.setdefault(group, ([], []))
+                xs.append(entry["epoch"])
+                ys.append(float(value))
+    return [(group, xs, ys) for group, (xs, ys) in series.items()]
+
+
+# A method whose line stays flat near 0 while the head's rises is not adapting.
+CHANGE_PANEL = Panel("relative weight change (adapt/*/rel_change)", change_lines, log_y=True)
+
+
 def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) -> list[Path]:
-    """Train loss, eval top-1 and learning rate of the runs, one line each, into
-    ``out_png`` (via :func:`ppadapt.apps.vdl.plot_runs`). Runs without a VisualDL log are
-    left out; returns the ones plotted. DataError if none has a log."""
+    """Train loss, eval top-1, learning rate (from VisualDL) and the relative weight change
+    per group (from run.json) of the runs, one colour each, into ``out_png`` (via
+    :func:`ppadapt.apps.vdl.plot_runs`). Runs without a VisualDL log are left out; returns
+    the ones plotted. DataError if none has a log."""
     out_png = Path(out_png)
     _check_image_type(out_png)
     dirs = [r.run_dir if isinstance(r, RunSummary) else Path(r) for r in runs]
@@ -272,7 +296,7 @@ def plot_curves(runs: Sequence[RunSummary | str | Path], out_png: str | Path) ->
     if not plotted:
         raise DataError("no VisualDL logs to plot: none of the selected runs has <run>/vdl/vdlrecords.*.log")
     try:
-        fig = plot_runs(plotted, out_png)
+        fig = plot_runs(plotted, out_png, panels=[CHANGE_PANEL])
     except OSError as exc:
         raise PPAdaptError(f"cannot write {out_png}: {exc.strerror or exc}") from None
     import matplotlib.pyplot as plt  # slow to import (~0.4 s): only when plotting
@@ -307,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="row order: ppt or best top-1 (best first), or run name (default: ppt)")
     p.add_argument("--csv", action="store_true", help="print CSV with raw numbers instead of Markdown")
     p.add_argument("--plot", metavar="FILE.png",
-                   help="also draw train loss, eval top-1 and learning rate of the runs from their VisualDL logs")
+                   help="also draw train loss, eval top-1 and learning rate of the runs (from their VisualDL "
+                        "logs) and how far each group of weights moved (from run.json)")
     return p
 
 

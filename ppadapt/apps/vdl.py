@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from visualdl import LogReader
@@ -30,6 +31,21 @@ if TYPE_CHECKING:  # matplotlib is imported only when plotting
 Scalars = dict[str, tuple[list[int], list[float]]]
 
 DEFAULT_TAGS = ("train/loss", "eval/acc_top1", "train/lr")
+LINE_STYLES = ("-", "--", ":", "-.")
+
+Series = Sequence[tuple[str, Sequence[float], Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A subplot drawn from something other than one VisualDL tag (e.g. run.json):
+    ``lines(run_dir)`` gives the run's ``(name, xs, ys)`` lines, drawn in the run's colour,
+    one dash style per name (explained in the subplot's own legend)."""
+
+    title: str
+    lines: Callable[[Path], Series]
+    xlabel: str = "epoch"
+    log_y: bool = False  # when every value is positive
 
 
 def log_files(logdir: str | Path) -> list[Path]:
@@ -94,8 +110,9 @@ def _pyplot():
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None,
-              tags: Sequence[str] = DEFAULT_TAGS) -> Figure:
-    """One subplot per tag, one line per run (labelled with the run directory's name).
+              tags: Sequence[str] = DEFAULT_TAGS, panels: Sequence[Panel] = ()) -> Figure:
+    """One subplot per tag, one line per run (labelled with the run directory's name),
+    then one subplot per extra :class:`Panel`.
 
     Reads ``<run>/vdl`` of each run. A run that did not log a tag (e.g. no
     evaluation) is simply absent from that subplot. Saves the figure to ``out_png``
@@ -107,9 +124,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None,
     data = {run: read_scalars(run / "vdl") for run in runs}
 
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator  # matplotlib: only when plotting
 
-    fig, axes = plt.subplots(1, len(tags), figsize=(4.5 * len(tags), 3.6), squeeze=False)
+    count = len(tags) + len(panels)
+    fig, axes = plt.subplots(1, count, figsize=(4.5 * count, 3.6), squeeze=False)
     for ax, tag in zip(axes[0], tags):
         for i, (run, scalars) in enumerate(data.items()):
             if tag in scalars:
@@ -118,15 +135,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None,
                 # run lacks the tag; per-epoch tags (eval/*) have few points: mark them.
                 ax.plot(steps, values, label=run.name, color=f"C{i % 10}",
                         marker="o" if len(steps) <= 30 else None)
-        ax.set_title(tag)
-        ax.set_xlabel("epoch" if tag.startswith("eval/") else "step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole
-        xs = [x for line in ax.lines for x in line.get_xdata()]
-        if xs and min(xs) == max(xs):  # one step or epoch: centre it, one unit each side
-            ax.set_xlim(min(xs) - 1, max(xs) + 1)
-        ax.grid(True, alpha=0.3)
+        _finish_axes(ax, tag, "epoch" if tag.startswith("eval/") else "step")
         if tag.endswith("/lr"):
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax, panel in zip(axes[0][len(tags):], panels):
+        _draw_panel(ax, panel, runs)
     legend: dict = {}  # one shared legend: label -> first line drawn for that run
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -141,3 +154,37 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None,
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=100)
     return fig
+
+
+def _finish_axes(ax, title: str, xlabel: str) -> None:
+    from matplotlib.ticker import MaxNLocator  # matplotlib: only when plotting
+
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole
+    xs = [x for line in ax.lines for x in line.get_xdata()]
+    if xs and min(xs) == max(xs):  # one step or epoch: centre it, one unit each side
+        ax.set_xlim(min(xs) - 1, max(xs) + 1)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_panel(ax, panel: Panel, runs: Sequence[Path]) -> None:
+    """The panel's lines of every run: colour by run (as in the tag subplots), dash by name."""
+    from matplotlib.lines import Line2D  # matplotlib: only when plotting
+
+    names: list[str] = []
+    values: list[float] = []
+    for i, run in enumerate(runs):
+        for name, xs, ys in panel.lines(run):
+            if name not in names:
+                names.append(name)
+            ax.plot(xs, ys, label=run.name, color=f"C{i % 10}",
+                    linestyle=LINE_STYLES[names.index(name) % len(LINE_STYLES)],
+                    marker="o" if len(xs) <= 30 else None, markersize=3)
+            values.extend(ys)
+    _finish_axes(ax, panel.title, panel.xlabel)
+    if panel.log_y and values and min(values) > 0:
+        ax.set_yscale("log")
+    if names:
+        ax.legend(handles=[Line2D([], [], color="0.3", linestyle=LINE_STYLES[k % len(LINE_STYLES)], label=name)
+                           for k, name in enumerate(names)], fontsize="small", frameon=False)

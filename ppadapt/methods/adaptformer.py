@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
@@ -25,6 +26,7 @@ from ..models.fast_layers import Linear
 from .base import Tuner
 
 SUBLAYER = "adaptmlp"
+_WIRING = "_adaptformer_hooks"  # on an Adapter: its _BranchHooks, for the probe
 
 # Per-variant defaults for the options left as None.
 VARIANTS = {
@@ -117,6 +119,7 @@ class _BranchHooks:
         self.adapter = adapter
         self.source = source
         self._stream = None
+        self.tap: list | None = None  # set by the probe: gets (MLP output, branch output) per forward
 
     def capture_stream(self, layer, inputs):
         self._stream = inputs[0]
@@ -124,7 +127,22 @@ class _BranchHooks:
     def add_branch(self, layer, inputs, output):
         x = self._stream if self.source == "stream" else inputs[0]
         self._stream = None
-        return output + self.adapter(x)
+        branch = self.adapter(x)
+        if self.tap is not None:
+            self.tap.append((output, branch))
+        return output + branch
+
+
+def branch_to_mlp(pairs: list[tuple[paddle.Tensor, paddle.Tensor]], eps: float = 1e-12) -> float:
+    """The mean over blocks and images of ||branch output|| / ||MLP output|| (norms over one
+    image's tokens and channels): how much the branch adds to what the MLP already says."""
+    ratios = []
+    for mlp, branch in pairs:
+        axes = list(range(1, mlp.ndim))
+        per_image = (paddle.sqrt((branch.astype("float64") ** 2).sum(axis=axes))
+                     / (paddle.sqrt((mlp.astype("float64") ** 2).sum(axis=axes)) + eps))
+        ratios.append(float(per_image.mean()))
+    return sum(ratios) / len(ratios)
 
 
 class AdaptFormerTuner(Tuner):
@@ -159,6 +177,7 @@ class AdaptFormerTuner(Tuner):
 
     def wire(self, model, target, block, adapter, cfg):
         hooks = _BranchHooks(adapter, cfg.input)
+        setattr(adapter, _WIRING, hooks)
         handles = []
         if cfg.input == "stream":
             handles.append(block.norm2.register_forward_pre_hook(hooks.capture_stream))
@@ -167,6 +186,24 @@ class AdaptFormerTuner(Tuner):
 
     def owns(self, name: str) -> bool:
         return is_adapter_parameter(name)
+
+    def probe(self, model, images):
+        """``branch_to_mlp``: with the official zero-initialised up-projection and scale 0.1
+        the branch starts as an exact no-op; if this ratio stays near 0, the branches are
+        not learning and a frozen run is a linear probe in disguise."""
+        wiring = [getattr(m, _WIRING) for _, m in model.named_sublayers()
+                  if isinstance(m, Adapter) and hasattr(m, _WIRING)]
+        if not wiring:
+            return {}
+        pairs: list = []
+        for hooks in wiring:
+            hooks.tap = pairs
+        try:
+            model(images)
+        finally:
+            for hooks in wiring:
+                hooks.tap = None
+        return {"branch_to_mlp": branch_to_mlp(pairs)}
 
 
 def apply_adaptformer(model: nn.Layer, config: AdaptFormerConfig | None = None) -> list[Adapter]:

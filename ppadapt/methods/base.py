@@ -10,6 +10,8 @@ declares:
   it attaches for one target goes, the module itself, and the hooks that wire it in;
 * :meth:`Tuner.owns`: which parameters it trains, a predicate on parameter names;
 * :meth:`Tuner.fold`: how one of its modules merges into its target (mergeable methods);
+* :meth:`Tuner.probe`: scalars that say whether its modules do anything yet (optional; the
+  training stage logs them once per epoch as ``adapt/<method>/<name>``);
 * ``suffix`` (its run-folder suffix), ``summary``, ``title`` and ``modules`` (words for
   messages), and optionally ``alias`` (a command-line flag that means it) and
   ``legacy_section`` (a config section of an older ppadapt that held its options).
@@ -94,6 +96,13 @@ class Tuner:
     def owns(self, name: str) -> bool:
         """Whether the parameter ``name`` is the method's (trains); the head is not asked."""
         return False
+
+    def probe(self, model: nn.Layer, images: paddle.Tensor) -> dict[str, float]:
+        """Named scalars measured on ``images`` (a fixed batch; ``model`` in eval mode, no
+        gradient): the method's own answer to "are my modules doing anything yet?", which
+        a weight's relative change cannot give for a module that starts at zero. Default:
+        none. Must not draw random numbers or change any state."""
+        return {}
 
     # Mergeable methods define ``fold(model, target, layer, module)``: fold the module's
     # effect into ``layer`` (the merge loop then removes the module and its hooks).
@@ -219,6 +228,19 @@ def added_parameter_names(model: nn.Layer) -> set[str]:
         if getattr(module, _TUNER, None) is not None:
             names.update(f"{path}.{name}" for name, _ in module.named_parameters())
     return names
+
+
+def parameter_owners(model: nn.Layer) -> dict[str, str]:
+    """``{parameter name: name of the method whose attached module holds it}``, for the
+    parameters methods attached (what a method owns in the backbone, BitFit's biases, is
+    not here: see :meth:`Tuner.owns`)."""
+    names = {_KINDS.get(n, n): n for n in applied_methods(model)}
+    owners = {}
+    for path, module in model.named_sublayers():
+        kind = getattr(module, _TUNER, None)
+        if kind is not None:
+            owners.update({f"{path}.{name}": names.get(kind, kind) for name, _ in module.named_parameters()})
+    return owners
 
 
 def adapter_file_meta(model: nn.Layer, method: str) -> dict:

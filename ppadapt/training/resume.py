@@ -24,6 +24,8 @@ it: :mod:`ppadapt.runs.resume_file`). It is one ``paddle.save`` dict:
                    best, final, and the running sums of an epoch stopped part-way
 ``metrics``        running state (``total``/``count``) of the train metrics (mid-epoch)
 ``visualdl_step``  the last train step written to VisualDL
+``adaptation``     the start weights the ``adapt/*`` curves measure change from
+                   (:class:`~ppadapt.training.callbacks.AdaptationMonitor`'s state)
 ``rng``            Paddle's generator state per rank (pickled, as uint8 arrays), numpy's
                    and Python's global states
 ``reason``         ``"epoch"``, ``"interrupt"`` or ``"finished"``
@@ -216,7 +218,8 @@ def remap_optimizer_state(opt_state: dict, saved_names: dict, network: paddle.nn
 def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, batch: int,
             steps_per_epoch: int, nranks: int, network: paddle.nn.Layer,
             optimizer: paddle.optimizer.Optimizer, lr_callback, saver, metrics: list,
-            visualdl_step: int, paddle_rng: list, reason: str, finished: bool = False) -> dict:
+            visualdl_step: int, paddle_rng: list, reason: str, finished: bool = False,
+            adaptation: dict | None = None) -> dict:
     """The resume checkpoint dict (see the module docstring)."""
     lr_state = dict(lr_callback.state_dict())
     lr_state["last_lr"] = lr_callback.last_lr
@@ -231,4 +234,4 @@ def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, bat
             "optimizer_lr": float(optimizer.get_lr()),
             "param_names": {k: p.name for k, p in network.named_parameters()},
             "lr_schedule": lr_state, "record": saver.state_dict(), "metrics": metric_states(metrics),
-            "visualdl_step": int(visualdl_step), "rng": rng}
+            "visualdl_step": int(visualdl_step), "rng": rng, "adaptation": adaptation or {}}

@@ -15,13 +15,15 @@ from paddle.static import InputSpec
 from ..config import Config, transfer_method
 from ..errors import CheckpointError, CheckpointWriteError, TrainingError, TrainingInterrupted
 from ..methods import adapter_file_meta
+from ..methods.groups import parameter_groups
 from ..methods.trainable import ParamCount
 from ..runs.adapter_file import save_adapter
 from ..runs.checkpoint import atomic_save
 from ..runs.record import RunRecord
 from ..runs.resume_file import RESUME_FILE, TOOLS
-from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean, TrainingGuard,
-                        VisualDLLogger)
+from .callbacks import (AdaptationMonitor, BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean,
+                        TrainingGuard, VisualDLLogger)
+from .callbacks.adaptation import probe_batch
 from .data_loading import StageData
 from .mixing import soft_target_loss
 from .optim import lr_callback, make_optimizer
@@ -74,6 +76,13 @@ class Trainer:
             paddle_rng, metric_states = self._restore(rank, log)
         self.vdl = VisualDLLogger(str(out / "vdl"), param_count=params, start_epoch=plan.start_epoch,
                                   start_step=int(plan.saved.get("visualdl_step", 0)), eval_loss=eval_loss)
+        # how far each group of trainable weights moved since the run's start (adapt/* tags, run.json)
+        method = transfer_method(cfg) if stage == "transfer" else "full"
+        self.adapt = AdaptationMonitor(model, parameter_groups(model, method),
+                                       probe_images=probe_batch(data.bundle.test) if self.is_main else None,
+                                       vdl=self.vdl, saver=self.saver, start_epoch=plan.start_epoch,
+                                       resumed=plan.resumed, state=plan.saved.get("adaptation"),
+                                       active=self.is_main, log=log)
         self.stop = StopRequest()
         launcher = f"python -m paddle.distributed.launch --nproc_per_node {nranks} " if nranks > 1 else "python "
         self.guard = TrainingGuard(self.resume_path, self.capture, epochs=self.epochs, steps_per_epoch=self.steps,
@@ -84,7 +93,7 @@ class Trainer:
                           self.lr,
                           EpochSetup(data.sampler, cfg.seed, rank, start_epoch=plan.start_epoch, skip=plan.skip,
                                      paddle_rng=paddle_rng, metric_states=metric_states),
-                          eval_loss, self.vdl, self.saver, self.guard, *callbacks]
+                          eval_loss, self.vdl, self.saver, self.guard, self.adapt, *callbacks]
 
     def _restore(self, rank: int, log: Callable[[str], None]) -> tuple:
         """Put a resume checkpoint's optimizer, schedule, record and generators back; returns
@@ -122,7 +131,7 @@ class Trainer:
                        network=self.model, optimizer=self.optimizer, lr_callback=self.lr, saver=self.saver,
                        metrics=self.net._metrics,
                        visualdl_step=getattr(self.vdl, "train_step", self.lr.global_step), paddle_rng=paddle_rng,
-                       reason=reason, finished=finished)
+                       reason=reason, finished=finished, adaptation=self.adapt.state_dict())
 
     def fit(self, verbose: int) -> None:
         """Train the remaining epochs, evaluating after each; Ctrl-C, a full disk or a failed

@@ -1,6 +1,8 @@
 """``paddle.Model.fit`` callbacks, one concern each: LR warmup schedules, the eval-loss mean,
 VisualDL logging, best/final checkpoints and run.json, the progress bar, the per-epoch
-data/RNG setup, and the guard (NaN, Ctrl-C, the resumable checkpoint)."""
+data/RNG setup, the guard (NaN, Ctrl-C, the resumable checkpoint), and the adaptation
+monitor (how far each group of weights moved)."""
+from .adaptation import AdaptationMonitor
 from .best_final import BestAndFinalCheckpoint
 from .epoch_setup import EpochSetup
 from .guard import TrainingGuard
@@ -9,6 +11,6 @@ from .lr_warmup import WarmupEpochCosine, WarmupStepCosine, warmup_epoch_cosine_
 from .progress import EpochProgBar
 from .visualdl_logger import VisualDLLogger
 
-__all__ = ["BestAndFinalCheckpoint", "EpochProgBar", "EpochSetup", "EvalLossMean", "TrainingGuard",
+__all__ = ["AdaptationMonitor", "BestAndFinalCheckpoint", "EpochProgBar", "EpochSetup", "EvalLossMean", "TrainingGuard",
            "VisualDLLogger", "WarmupEpochCosine", "WarmupStepCosine", "warmup_epoch_cosine_lr",
            "warmup_step_cosine_lr"]

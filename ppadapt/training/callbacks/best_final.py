@@ -17,7 +17,9 @@ One history entry per epoch: ``epoch`` (0-based), ``train_loss`` (mean over the
 epoch's samples), ``train_<metric>`` (the epoch's running metrics from the last
 batch), ``lr`` (at the end of the epoch), ``train_seconds``, and, when the epoch
 was evaluated, ``eval_loss`` (mean over the eval set), the eval metrics under their
-own names (``acc_top1``, ``acc_top5``, ...) and ``epoch_seconds`` (train + eval).
+own names (``acc_top1``, ``acc_top5``, ...) and ``epoch_seconds`` (train + eval); other
+callbacks add theirs with :meth:`BestAndFinalCheckpoint.add_to_epoch` (``adapt_*``: see
+:mod:`.adaptation`).
 
 Paddle quirks handled here: ``fit`` passes one shared ``logs`` dict to every
 callback, overwritten by evaluation batches, so values are copied when seen; the
@@ -156,6 +158,13 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         self.history.append(entry)
         self._entry = entry
         self._write_record()
+
+    def add_to_epoch(self, fields: dict) -> None:
+        """Fields another callback measured at the end of this epoch (after this callback's
+        ``on_epoch_end``), into the epoch's history entry and run.json."""
+        if self.history and fields:
+            self.history[-1].update(fields)
+            self._write_record()
 
     # -- eval ------------------------------------------------------------------
     def on_eval_begin(self, logs=None) -> None:

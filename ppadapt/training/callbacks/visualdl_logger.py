@@ -15,7 +15,9 @@ What this class adds:
 * ``model/trainable_params`` and ``model/total_params`` once, at step 0;
 * ``eval/loss`` is the mean over the evaluation set, weighted by batch size. Paddle
   passes only the *last* eval batch's loss in the eval logs, so the parent alone
-  would plot the loss of one (possibly tiny) batch.
+  would plot the loss of one (possibly tiny) batch;
+* :meth:`VisualDLLogger.add_scalars`: other callbacks' scalars in the same file (one
+  log file per run: VisualDL shows only a directory's newest), e.g. ``adapt/*`` per epoch.
 
 Resuming: ``start_epoch`` and ``start_step`` (epochs and batches done before this
 ``fit`` call) continue the eval and train step numbers of the interrupted run in the same
@@ -31,12 +33,15 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Mapping
 
 import paddle
 from visualdl import LogReader, LogWriter
 
 from ...methods.trainable import ParamCount, count_parameters
 from .loss import EvalLossMean, eval_loss_source
+
+PER_EPOCH = ("eval/", "adapt/")  # tags logged at step = epoch (0-based); train/* at step = batch
 
 
 class VisualDLLogger(paddle.callbacks.VisualDL):
@@ -75,7 +80,7 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
                     for record in reader.get_data("scalar", tag):
                         step = int(record.id)
                         keep = (step <= self.start_step if tag.startswith("train/")
-                                else step < self.start_epoch if tag.startswith("eval/") else True)
+                                else step < self.start_epoch if tag.startswith(PER_EPOCH) else True)
                         if keep:
                             merged[(tag, step)] = float(record.value)
             except Exception:  # a file cut short by a kill: keep what the others have
@@ -125,6 +130,14 @@ class VisualDLLogger(paddle.callbacks.VisualDL):
     def on_epoch_end(self, epoch=None, logs=None) -> None:
         super().on_epoch_end(epoch, logs)
         self._flush()
+
+    def add_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Scalars another callback measured (per epoch: ``step`` = the epoch index), written
+        on the main process only."""
+        if self._is_write():
+            writer = self._ensure_writer()
+            for tag, value in values.items():
+                writer.add_scalar(tag=tag, step=step, value=value)
 
     def _flush(self) -> None:
         """On disk before the epoch's resumable checkpoint is (see the module doc)."""
