@@ -23,6 +23,7 @@ from ..runs.resume_file import RESUME_FILE, TOOLS
 from .callbacks import (BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean, TrainingGuard,
                         VisualDLLogger)
 from .data_loading import StageData
+from .loss import make_loss
 from .optim import lr_callback, make_optimizer
 from .plan import StagePlan
 from .resume import capture, gather_rng_states, remap_optimizer_state, restore_global_rng
@@ -60,13 +61,13 @@ class Trainer:
         self.net = paddle.Model(model, inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size],
                                                          "float32", "image")],
                                 labels=[InputSpec([None, 1], "int64", "label")])
-        self.optimizer = make_optimizer(model, cfg, stage)
-        self.net.prepare(self.optimizer, paddle.nn.CrossEntropyLoss(), paddle.metric.Accuracy(topk=self.topk))
+        self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
+        self.net.prepare(self.optimizer, make_loss(cfg, stage), paddle.metric.Accuracy(topk=self.topk))
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
                                             resume_path=str(self.resume_path), eval_loss=eval_loss)
-        self.lr = lr_callback(cfg, stage, self.steps)
+        self.lr = lr_callback(cfg, stage, self.steps, nranks=nranks)
         paddle_rng = metric_states = None
         if plan.resumed:
             paddle_rng, metric_states = self._restore(rank, log)
