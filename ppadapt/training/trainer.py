@@ -62,6 +62,9 @@ class Trainer:
                                                          "float32", "image")],
                                 labels=[InputSpec([None, 1], "int64", "label")])
         self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
+        if st.lr_scale != "none":
+            log(f"learning rate {st.lr} x batch {st.batch_size} x {nranks} process(es) / 256 ({st.lr_scale}): "
+                f"{self.optimizer.get_lr():g}")
         self.net.prepare(self.optimizer, make_loss(cfg, stage), paddle.metric.Accuracy(topk=self.topk))
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
