@@ -259,6 +259,8 @@ def test_step_decay_values_at_the_boundaries():
     for bad in (dict(decay_at=[0.6, 0.3]), dict(decay_at=[0.0, 0.5]), dict(decay_factor=0.0)):
         with pytest.raises(ValueError):
             lr(0, **bad)
+        with pytest.raises(ValueError):  # checked even while warming up
+            WarmupStepDecay(0.1, 10, 100, **bad)
 
 
 def test_step_decay_schedule_from_the_config():

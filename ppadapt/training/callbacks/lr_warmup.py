@@ -97,9 +97,10 @@ def warmup_step_decay_lr(base_lr: float, step: int, *, warmup_steps: int, total_
     _check(base_lr, warmup_steps, total_steps, "total_steps", min_lr)
     if not 0.0 < decay_factor <= 1.0:
         raise ValueError(f"decay_factor must be in (0, 1], got {decay_factor}")
+    boundaries = decay_steps(total_steps, decay_at)
     if step < warmup_steps:
         return _warmup_lr(base_lr, step, warmup_steps)
-    drops = sum(step >= boundary for boundary in decay_steps(total_steps, decay_at))
+    drops = sum(step >= boundary for boundary in boundaries)
     return max(min_lr, base_lr * decay_factor ** drops)
 
 
