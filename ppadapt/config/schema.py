@@ -16,7 +16,10 @@ from ..models.vit import ViTConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("pretrain", "transfer")
-SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine")
+SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine", "step_decay")
+OPTIMIZERS = ("momentum", "sgd", "adamw")
+NO_DECAY = ("auto", "standard", "none")  # which parameters weight decay skips (training/optim.py)
+LR_SCALES = ("none", "linear256")
 AUGMENTATIONS = ("tutorial", "crop_flip", "rrc_flip", "none")  # ppadapt/data/transforms.py
 EVAL_RESIZES = ("none", "resize_center_crop")
 RESOLUTIONS = ("fixed", "bit")  # ppadapt/data/resolution.py
@@ -70,9 +73,24 @@ class StageConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "warmup_epoch_cosine"  # warmup_epoch_cosine | warmup_step_cosine
-    warmup_steps: int = 2000
-    min_lr: float = 0.0
+    schedule: str = "warmup_epoch_cosine"  # warmup_epoch_cosine | warmup_step_cosine | step_decay
+    warmup_steps: int | None = 2000  # linear warm-up in batches; null when warmup_epochs gives it
+    min_lr: float = 0.0  # the schedule's floor (of the base LR; per-parameter multipliers apply on top)
+    # Optimizers and schedules (README "Optimizers and schedules"; built in training/optim.py).
+    # The defaults are the original Momentum + coupled L2 on every parameter.
+    optimizer: str = "momentum"  # momentum (Momentum + L2) | sgd (plain SGD + L2) | adamw (decoupled decay)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw's beta1, beta2
+    eps: float = 1e-8  # adamw's epsilon
+    no_decay: str = "auto"  # standard: biases, norms, tokens, prompts not decayed; none: all decayed;
+    #                         auto: none for momentum (as before), standard for sgd and adamw
+    lr_scale: str = "none"  # linear256: lr * batch_size * processes / 256
+    layer_decay: float = 1.0  # layer-wise LR decay (< 1: lower blocks learn slower); 1: off
+    head_lr_mult: float = 1.0  # LR multiplier of the classifier head (head.*)
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this; null: no clipping
+    warmup_epochs: float | None = None  # the warm-up in epochs instead (set warmup_steps: null)
+    decay_at: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # step_decay: fractions of the run
+    decay_factor: float = 0.1  # step_decay: the LR is multiplied by this at each of decay_at
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) * one-hot + e / classes
     log_freq: int = 10
 
 

@@ -6,7 +6,8 @@ read or any model is built.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .schema import AUGMENTATIONS, EVAL_RESIZES, RESOLUTIONS, STAGES, SCHEDULES, Config, ModelSection, StageConfig
+from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SCHEDULES,
+                     STAGES, Config, ModelSection, StageConfig)
 from .tuning import check_methods
 
 
@@ -22,11 +23,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name}.lr must be positive, got {st.lr} (give a number > 0, e.g. --lr 0.01 "
                               f"or -o {name}.lr=0.01)")
         for key in ("warmup_steps", "num_workers", "weight_decay", "min_lr", "momentum"):
-            if getattr(st, key) < 0:
+            if (getattr(st, key) or 0) < 0:
                 raise ConfigError(f"{name}.{key} must not be negative, got {getattr(st, key)}")
         if st.schedule not in SCHEDULES:
             raise ConfigError(f"{name}.schedule must be one of {SCHEDULES}, got {st.schedule!r}")
         check_augmentation(name, st)
+        check_optimization(name, st)
     check_geometry(cfg.model)
     check_methods(cfg)
 
@@ -82,3 +84,37 @@ def check_augmentation(name: str, st: StageConfig) -> None:
     if (st.mixup_alpha > 0 or st.cutmix_alpha > 0) and st.batch_size < 2:
         raise ConfigError(f"MixUp needs at least 2 images per batch: {name}.batch_size is {st.batch_size} "
                           f"(raise it, or set {name}.mixup_alpha and {name}.cutmix_alpha to 0)")
+
+
+def check_optimization(name: str, st: StageConfig) -> None:
+    """The optimizer, weight-decay, LR-multiplier, clipping, schedule and loss keys of stage ``name``."""
+    for key, choices in (("optimizer", OPTIMIZERS), ("no_decay", NO_DECAY), ("lr_scale", LR_SCALES)):
+        if getattr(st, key) not in choices:
+            raise ConfigError(f"{name}.{key} must be one of {', '.join(choices)}, got {getattr(st, key)!r}")
+    if len(st.betas) != 2 or not all(0.0 <= b < 1.0 for b in st.betas):
+        raise ConfigError(f"{name}.betas must be two numbers in [0, 1), got {st.betas} (e.g. [0.9, 0.999])")
+    if not st.eps > 0:
+        raise ConfigError(f"{name}.eps must be positive, got {st.eps} (e.g. 1e-8)")
+    if not 0.0 < st.layer_decay <= 1.0:
+        raise ConfigError(f"{name}.layer_decay must be in (0, 1], got {st.layer_decay} (e.g. 0.75; 1 turns it off)")
+    if not st.head_lr_mult > 0:
+        raise ConfigError(f"{name}.head_lr_mult must be positive, got {st.head_lr_mult} (1 keeps the base LR)")
+    if st.clip_grad_norm is not None and not st.clip_grad_norm > 0:
+        raise ConfigError(f"{name}.clip_grad_norm must be positive, got {st.clip_grad_norm} "
+                          "(e.g. 1.0, or null for no clipping)")
+    if st.warmup_epochs is not None:
+        if st.warmup_steps is not None:
+            raise ConfigError(f"{name}.warmup_steps ({st.warmup_steps}) and {name}.warmup_epochs "
+                              f"({st.warmup_epochs}) are both set: give one (-o {name}.warmup_steps=null "
+                              "to give the warm-up in epochs)")
+        if st.warmup_epochs < 0:
+            raise ConfigError(f"{name}.warmup_epochs must not be negative, got {st.warmup_epochs}")
+    if not all(0.0 < f < 1.0 for f in st.decay_at) or any(a >= b for a, b in zip(st.decay_at, st.decay_at[1:])):
+        raise ConfigError(f"{name}.decay_at must be increasing fractions of the run in (0, 1), got {st.decay_at} "
+                          "(e.g. [0.3, 0.6, 0.9])")
+    if not 0.0 < st.decay_factor <= 1.0:
+        raise ConfigError(f"{name}.decay_factor must be in (0, 1], got {st.decay_factor} (e.g. 0.1)")
+    if not 0.0 <= st.label_smoothing < 1.0:
+        raise ConfigError(f"{name}.label_smoothing must be in [0, 1), got {st.label_smoothing} (e.g. 0.1; 0 is off)")
+    if st.lr_scale == "none" and st.min_lr > st.lr:
+        raise ConfigError(f"{name}.min_lr ({st.min_lr}) must not exceed {name}.lr ({st.lr})")

@@ -81,6 +81,10 @@ class VPTPrompts(nn.Layer):
         self.add_parameter(self._name_of_prompts,
                            self.create_parameter(shape, default_initializer=Uniform(-bound, bound)))
 
+    def no_weight_decay(self) -> set[str]:
+        """The prompts are inputs, not weights: weight decay skips them (see training/optim.py)."""
+        return {self._name_of_prompts}
+
     @property
     def weight(self):
         """The prompt tensor: ``[1, tokens, D]`` (shallow) or ``[depth, tokens, D]`` (deep)."""

@@ -171,6 +171,22 @@ class VisionTransformer(nn.Layer):
     def forward(self, x):
         return self.head(self.forward_features(x))
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters weight decay should skip besides biases and norms (timm's convention): the
+        tokens are offsets, not weights, and decay would only pull them towards zero."""
+        return {"pos_embed", "cls_token"}
+
+    def layer_id(self, name: str) -> int:
+        """The depth of parameter ``name`` for layer-wise LR decay (BEiT/MAE numbering): 0 the
+        embedding (``patch_embed``, ``cls_token``, ``pos_embed``), i + 1 ``blocks.i`` (with any
+        module a method attached inside it), depth + 1 everything after (``norm``, ``head``, and a
+        method's parameters outside the blocks, e.g. VPT prompts)."""
+        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
     def reset_head(self, class_num: int) -> None:
         """Replace the classifier by a freshly initialised one for ``class_num`` classes."""
         self.class_num = class_num

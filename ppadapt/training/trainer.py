@@ -25,6 +25,7 @@ from .callbacks import (AdaptationMonitor, BestAndFinalCheckpoint, EpochProgBar,
                         TrainingGuard, VisualDLLogger)
 from .callbacks.adaptation import probe_batch
 from .data_loading import StageData
+from .loss import make_loss
 from .mixing import soft_target_loss
 from .optim import lr_callback, make_optimizer
 from .plan import StagePlan
@@ -63,14 +64,18 @@ class Trainer:
         self.net = paddle.Model(model, inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size],
                                                          "float32", "image")],
                                 labels=[InputSpec([None, 1], "int64", "label")])
-        self.optimizer = make_optimizer(model, cfg, stage)
-        loss = soft_target_loss(paddle.nn.CrossEntropyLoss(), st)  # MixUp/CutMix: soft targets in training
+        self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
+        if st.lr_scale != "none":
+            log(f"learning rate {st.lr} x batch {st.batch_size} x {nranks} process(es) / 256 ({st.lr_scale}): "
+                f"{self.optimizer.get_lr():g}")
+        # MixUp/CutMix: soft targets in training, with the label smoothing folded in
+        loss = soft_target_loss(make_loss(cfg, stage), st, smoothing=st.label_smoothing)
         self.net.prepare(self.optimizer, loss, paddle.metric.Accuracy(topk=self.topk))
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
                                             resume_path=str(self.resume_path), eval_loss=eval_loss)
-        self.lr = lr_callback(cfg, stage, self.steps)
+        self.lr = lr_callback(cfg, stage, self.steps, nranks=nranks)
         paddle_rng = metric_states = None
         if plan.resumed:
             paddle_rng, metric_states = self._restore(rank, log)

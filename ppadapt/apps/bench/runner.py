@@ -18,6 +18,7 @@ from ...methods import get_method
 from ...methods.build import apply_transfer_method, build_model
 from ...methods.trainable import count_parameters
 from ...training.engine import seed_everything
+from ...training.loss import make_loss
 from ...training.optim import make_optimizer
 from .flops import train_step_flops
 from .probes import MemoryProbe, malloc_trim, optimizer_state_bytes, sync
@@ -110,7 +111,7 @@ class _Runner:
         net = paddle.Model(model, inputs=[InputSpec([None, cfg.model.in_chans, size, size], "float32", "image")],
                            labels=[InputSpec([None, 1], "int64", "label")])
         optimizer = make_optimizer(model, cfg, "transfer")
-        net.prepare(optimizer, paddle.nn.CrossEntropyLoss(),
+        net.prepare(optimizer, make_loss(cfg, "transfer"),
                     paddle.metric.Accuracy(topk=(1, min(5, self.classes))))
         self.model, self.net, self.optimizer = model, net, optimizer
         self.flops = train_step_flops(model, self.batches[0][0])

@@ -13,11 +13,16 @@ schedule)
     The same warmup, then cosine decay stepped per *batch* over the remaining
     ``total_steps - warmup_steps`` batches (smooth, no staircase).
 
+``warmup_step_decay_lr`` / :class:`WarmupStepDecay`
+    The same warmup, then ``base_lr`` multiplied by ``decay_factor`` at each fraction
+    ``decay_at`` of the ``total_steps`` batches (BiT's HyperRule: /10 at 30%, 60% and
+    90%), never below ``min_lr``.
+
 Warmup: batch ``step`` (0-based, counted over the whole run) uses
 ``base_lr * (step + 1) / warmup_steps`` while ``step < warmup_steps``, so the first
 batch already trains (non-zero LR) and batch ``warmup_steps - 1`` reaches
-``base_lr``. ``warmup_steps=0`` disables warmup. Past the end of the schedule
-(epoch >= epochs, step >= total_steps) the LR stays at ``min_lr``.
+``base_lr``. ``warmup_steps=0`` disables warmup. Past the end of the cosine
+schedules (epoch >= epochs, step >= total_steps) the LR stays at ``min_lr``.
 
 The callbacks set the LR of the prepared optimizer (``self.model._optimizer``,
 created with a *float* learning rate, not an ``LRScheduler``) with ``set_lr`` in
@@ -30,6 +35,7 @@ function's value. They count batches and epochs themselves (``global_step``,
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import paddle
 
@@ -72,6 +78,30 @@ def warmup_step_cosine_lr(base_lr: float, step: int, *, warmup_steps: int, total
     if step < warmup_steps:
         return _warmup_lr(base_lr, step, warmup_steps)
     return _cosine(base_lr, min_lr, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
+def decay_steps(total_steps: int, decay_at: Sequence[float]) -> list[int]:
+    """The batches at which a step decay multiplies the LR: ``round(f * total_steps)`` for each
+    fraction ``f`` of ``decay_at`` (increasing, in (0, 1))."""
+    if any(not 0.0 < f < 1.0 for f in decay_at) or any(a >= b for a, b in zip(decay_at, decay_at[1:])):
+        raise ValueError(f"decay_at must be increasing fractions in (0, 1), got {list(decay_at)}")
+    return [round(f * total_steps) for f in decay_at]
+
+
+def warmup_step_decay_lr(base_lr: float, step: int, *, warmup_steps: int, total_steps: int,
+                         decay_at: Sequence[float] = (0.3, 0.6, 0.9), decay_factor: float = 0.1,
+                         min_lr: float = 0.0) -> float:
+    """LR of global batch ``step`` (0-based): per-batch linear warmup, then ``base_lr`` times
+    ``decay_factor`` once for every boundary of :func:`decay_steps` that ``step`` has reached,
+    never below ``min_lr``."""
+    _check(base_lr, warmup_steps, total_steps, "total_steps", min_lr)
+    if not 0.0 < decay_factor <= 1.0:
+        raise ValueError(f"decay_factor must be in (0, 1], got {decay_factor}")
+    boundaries = decay_steps(total_steps, decay_at)
+    if step < warmup_steps:
+        return _warmup_lr(base_lr, step, warmup_steps)
+    drops = sum(step >= boundary for boundary in boundaries)
+    return max(min_lr, base_lr * decay_factor ** drops)
 
 
 class _ScheduleCallback(paddle.callbacks.Callback):
@@ -153,3 +183,22 @@ class WarmupStepCosine(_ScheduleCallback):
     def _lr_at(self, step: int, epoch: int) -> float:
         return warmup_step_cosine_lr(self.base_lr, step, warmup_steps=self.warmup_steps,
                                      total_steps=self.total_steps, min_lr=self.min_lr)
+
+
+class WarmupStepDecay(_ScheduleCallback):
+    """Linear warmup per batch, then step decay at fractions of the run
+    (see :func:`warmup_step_decay_lr`)."""
+
+    def __init__(self, base_lr: float, warmup_steps: int, total_steps: int,
+                 decay_at: Sequence[float] = (0.3, 0.6, 0.9), decay_factor: float = 0.1,
+                 min_lr: float = 0.0) -> None:
+        super().__init__()
+        warmup_step_decay_lr(base_lr, 0, warmup_steps=warmup_steps, total_steps=total_steps,
+                             decay_at=decay_at, decay_factor=decay_factor, min_lr=min_lr)  # checks the arguments
+        self.base_lr, self.warmup_steps, self.total_steps, self.min_lr = base_lr, warmup_steps, total_steps, min_lr
+        self.decay_at, self.decay_factor = tuple(decay_at), decay_factor
+
+    def _lr_at(self, step: int, epoch: int) -> float:
+        return warmup_step_decay_lr(self.base_lr, step, warmup_steps=self.warmup_steps,
+                                    total_steps=self.total_steps, decay_at=self.decay_at,
+                                    decay_factor=self.decay_factor, min_lr=self.min_lr)
