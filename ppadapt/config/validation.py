@@ -5,7 +5,11 @@ read or any model is built.
 """
 from __future__ import annotations
 
+import difflib
+
 from ..errors import ConfigError
+from ..models.paddleclas_archs import paddleclas_vit_config
+from ..models.vit import HEAD_INITS, HEADS
 from .schema import STAGES, SCHEDULES, Config, ModelSection
 from .tuning import check_methods
 
@@ -27,6 +31,7 @@ def validate(cfg: Config) -> None:
         if st.schedule not in SCHEDULES:
             raise ConfigError(f"{name}.schedule must be one of {SCHEDULES}, got {st.schedule!r}")
     check_geometry(cfg.model)
+    check_head_and_backbone(cfg.model)
     check_methods(cfg)
 
 
@@ -59,3 +64,18 @@ def check_geometry(m: ModelSection) -> None:
     for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         if not 0.0 <= getattr(m, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(m, key)}")
+
+
+def check_head_and_backbone(m: ModelSection) -> None:
+    """``model.head`` / ``model.head_init`` are known kinds, ``model.backbone`` a known name."""
+    for key, choices in (("head", HEADS), ("head_init", HEAD_INITS)):
+        value = getattr(m, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(choices)}"
+            raise ConfigError(f"model.{key}: unknown {key} {value!r}; {hint}")
+    if m.backbone is not None:
+        try:
+            paddleclas_vit_config(m.backbone)
+        except ValueError as exc:
+            raise ConfigError(f"model.backbone: {exc}") from None
