@@ -149,7 +149,9 @@ class FeatureBatchNorm(nn.Layer):
     Paddle's ``BatchNorm1D(weight_attr=False, bias_attr=False)`` computes the same, but keeps
     its running mean and variance as parameters, which freezing by name would make
     trainable (and count); here they are buffers: saved and loaded with the state dict
-    (``_mean``, ``_variance``, Paddle's names), never trained.
+    (``_mean``, ``_variance``, Paddle's names), never trained. Momentum 0.9 is PyTorch's 0.1;
+    as in all of Paddle's BatchNorms the running variance averages the batches' biased
+    variances (PyTorch's the unbiased ones: a factor n/(n-1), 1% at batch 100).
     """
 
     def __init__(self, num_features: int, momentum: float = 0.9, epsilon: float = HEAD_BN_EPSILON):
@@ -159,8 +161,12 @@ class FeatureBatchNorm(nn.Layer):
         self.register_buffer("_variance", paddle.ones([num_features]))
 
     def forward(self, x):
-        return F.batch_norm(x, self._mean, self._variance, training=self.training, momentum=self.momentum,
-                            epsilon=self.epsilon, data_format="NC")
+        if self.training:  # batch statistics; the running ones are updated in place
+            return F.batch_norm(x, self._mean, self._variance, training=True, momentum=self.momentum,
+                                epsilon=self.epsilon, data_format="NC")
+        # Written out rather than batch_norm: Paddle Inference (3.3) crashes on an exported
+        # batch_norm without scale and shift (Paddle's own BatchNorm1D's too).
+        return (x - self._mean) * paddle.rsqrt(self._variance + self.epsilon)
 
 
 class BNLinear(Linear):
