@@ -188,3 +188,52 @@ def test_cli_prints_the_files_and_fails_in_one_line(runs, tmp_path, capsys):
         import paddle2onnx  # noqa: F401
     except ImportError:
         assert "paddle2onnx" in error(["--checkpoint", str(runs["dirs"]["full"]), "--output", str(out), "--onnx"])
+
+
+def test_bn_linear_head_exports_and_predicts_with_its_running_statistics(runs, tmp_path):
+    """model.head=bn_linear (AdaptFormer's head): its BatchNorm's running statistics are saved
+    with the run, in the adapter file, and used (eval mode) by load_run, predict and export."""
+    from ppadapt.methods.build import apply_transfer_method, build_model
+    from ppadapt.runs.adapter_file import load_adapter
+    from ppadapt.runs.checkpoint import load_state_dict, load_weights
+    from ppadapt.training.engine import run_stage
+
+    archive = runs["root"] / "cifar-10-python.tar.gz"
+    options = TINY + [f"transfer.data_file={archive}", "transfer.pretrained=none", "transfer.freeze=true",
+                      "model.head=bn_linear"]
+    cfg = load_config(CONFIG_DIR / "cpu.yaml", options, stage="transfer")
+    cfg.output = str(tmp_path / "out")
+    run_dir = run_stage(cfg, "transfer", log=lambda line: None, verbose=0).run_dir
+
+    loaded = load_run(run_dir, "final")
+    model = loaded.model
+    assert not model.training and not model.head.norm.training
+    saved = load_state_dict(str(run_dir / "final.pdparams"))
+    mean, var = saved["head.norm._mean"], saved["head.norm._variance"]
+    assert np.abs(np.asarray(mean)).max() > 0 and not np.allclose(np.asarray(var), 1.0)  # trained statistics
+    np.testing.assert_array_equal(model.head.norm._mean.numpy(), np.asarray(mean))
+    with paddle.no_grad():
+        expected = model(paddle.to_tensor(runs["batch"])).numpy()
+        one = model(paddle.to_tensor(runs["batch"][:1])).numpy()
+    np.testing.assert_allclose(one, expected[:1], atol=1e-5)  # eval mode: no batch statistics
+
+    result = export_model(run_dir, tmp_path / "export", weights="final", log=lambda line: None)
+    assert result.max_abs_diff < 1e-5
+    predictor = inference_predictor(result)
+    for n in (1, 3):
+        assert np.abs(run_inference(predictor, runs["batch"][:n]) - expected[:n]).max() < 1e-5
+
+    scores = [r["scores"][0] for r in Predictor(run_dir, weights="final")(list(runs["images"]))]
+    single = Predictor(run_dir, weights="final")(runs["images"][0])["scores"][0]
+    assert single == pytest.approx(scores[0], abs=1e-6)
+
+    # the adapter file (branches + head + the head's statistics) on the same backbone: the same model
+    fresh = build_model(cfg, 5)
+    apply_transfer_method(fresh, cfg)
+    backbone = {k: v for k, v in saved.items() if not k.startswith("head.") and ".adaptmlp." not in k}
+    load_weights(fresh, backbone, skip=lambda k: k.startswith("head."), allow_missing=lambda k: ".adaptmlp." in k)
+    meta = load_adapter(fresh, run_dir / "adapter.pdparams")
+    assert meta["method"] == "adaptformer"
+    fresh.eval()
+    with paddle.no_grad():
+        np.testing.assert_allclose(fresh(paddle.to_tensor(runs["batch"])).numpy(), expected, atol=1e-6)

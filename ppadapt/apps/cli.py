@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..methods import list_methods
 from ..methods.build import apply_transfer_method, build_model
 from ..methods.trainable import count_parameters
-from ..models.paddleclas_archs import paddleclas_vit_config
+from ..models.paddleclas_archs import list_backbones, paddleclas_vit_config
 from ..runs.pretrained import paddleclas_ref
 from ..training.engine import run_stage
 from ..training.resume import prepare_resume
@@ -75,7 +75,8 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
     method, so every method's modules come from the transfer method (which keeps the
     options the config gave it as a carried one).
 
-    The ``-o model.KEY=VALUE`` overrides are applied again on top of the backbone's
+    The config's classifier (``model.head``, ``model.head_init``) is kept: it is not the
+    backbone's. The ``-o model.KEY=VALUE`` overrides are applied again on top of the backbone's
     architecture (e.g. ``-o model.img_size=32 -o model.patch_size=4`` for CIFAR at its
     own size: the position embedding and patch kernel are resampled when loading).
     With no pretrained checkpoint set, the weights are PaddleClas's own
@@ -86,7 +87,7 @@ def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None
         arch = paddleclas_vit_config(name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    set_backbone(cfg, arch)
+    set_backbone(cfg, arch, backbone=name, head=cfg.model.head, head_init=cfg.model.head_init)
     cfg.name = f"{cfg.name}_{name}"  # its own run folder, not the config's from-scratch runs'
     for item in overrides:
         key, _, raw = item.partition("=")
@@ -136,10 +137,12 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
                    help="start the method's tensors (and head) from an adapter.pdparams written by transfer.py")
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
-                   help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384; "
+                   help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384, "
+                        "DeiT_{tiny,small,base}_patch16_224, MAE_vit_base_patch16 (see --list-backbones); "
                         "its architecture, its ImageNet weights (unless --pretrained) and its normalisation "
-                        "(mean = std = 0.5). -o model.img_size=N / model.patch_size=P still apply: the "
-                        "position embedding and patch kernel are resampled")
+                        "(ViT: mean = std = 0.5; DeiT, MAE: ImageNet's). -o model.img_size=N / "
+                        "model.patch_size=P still apply: the position embedding and patch kernel are resampled")
+    p.add_argument("--list-backbones", action="store_true", help="list the --backbone names and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, apply freezing, print the parameter summary and exit (no data)")
     args = p.parse_args(argv)
@@ -147,6 +150,9 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
     def main() -> int:
         if args.list_methods:
             print(list_methods())
+            return 0
+        if args.list_backbones:
+            print(list_backbones())
             return 0
         cfg = _load(args, "transfer", args.dataset)
         if args.dry_run:

@@ -36,10 +36,14 @@ class ModelSection(ViTConfig):
     * ``drop_border``: a patch size that does not divide the image size is an error unless
       this is true; then the border pixels that do not fill a whole patch are dropped
       (PaddleClas's patch embedding; the tutorial's 3-pixel patches on 32-pixel images).
+    * ``backbone``: the PaddleClas constructor this architecture is (``transfer.py --backbone``
+      sets it); a pretrained file with no ppadapt ``run.json`` beside it is then normalised
+      as that backbone's weights (None: mean = std = 0.5, PaddleClas's ViTs').
     """
 
     carry: dict = field(default_factory=dict)
     drop_border: bool = False
+    backbone: str | None = None
 
     def architecture(self) -> ViTConfig:
         """The plain :class:`ViTConfig` of this section (what :class:`VisionTransformer` takes)."""

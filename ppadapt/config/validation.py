@@ -5,7 +5,11 @@ read or any model is built.
 """
 from __future__ import annotations
 
+import difflib
+
 from ..errors import ConfigError
+from ..models.paddleclas_archs import paddleclas_vit_config
+from ..models.vit import HEAD_INITS, HEADS
 from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SCHEDULES,
                      STAGES, Config, ModelSection, StageConfig)
 from .tuning import check_methods
@@ -30,6 +34,7 @@ def validate(cfg: Config) -> None:
         check_augmentation(name, st)
         check_optimization(name, st)
     check_geometry(cfg.model)
+    check_head_and_backbone(cfg.model)
     check_methods(cfg)
 
 
@@ -118,3 +123,18 @@ def check_optimization(name: str, st: StageConfig) -> None:
         raise ConfigError(f"{name}.label_smoothing must be in [0, 1), got {st.label_smoothing} (e.g. 0.1; 0 is off)")
     if st.lr_scale == "none" and st.min_lr > st.lr:
         raise ConfigError(f"{name}.min_lr ({st.min_lr}) must not exceed {name}.lr ({st.lr})")
+
+
+def check_head_and_backbone(m: ModelSection) -> None:
+    """``model.head`` / ``model.head_init`` are known kinds, ``model.backbone`` a known name."""
+    for key, choices in (("head", HEADS), ("head_init", HEAD_INITS)):
+        value = getattr(m, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(choices)}"
+            raise ConfigError(f"model.{key}: unknown {key} {value!r}; {hint}")
+    if m.backbone is not None:
+        try:
+            paddleclas_vit_config(m.backbone)
+        except ValueError as exc:
+            raise ConfigError(f"model.backbone: {exc}") from None

@@ -6,6 +6,11 @@ Every sublayer and parameter is named as in PaddleClas's ``VisionTransformer``
 ``blocks.N.mlp.fc1``, ``blocks.N.mlp.fc2``, ``norm``, ``head``), so a PaddleClas
 state dict loads with no renaming. The model knows nothing of any tuning method:
 those are applied on top of it (see :mod:`ppadapt.methods`).
+
+The classifier (``head``) is a plain ``Linear`` by default; ``head="bn_linear"`` puts a
+BatchNorm without scale and shift in front of it (AdaptFormer's head, from MAE's linear
+probe), whose running statistics are buffers of ``head.norm`` so the Linear keeps the
+names ``head.weight`` / ``head.bias``.
 """
 from __future__ import annotations
 
@@ -23,10 +28,17 @@ _trunc_normal = TruncatedNormal(std=0.02)
 _zeros = Constant(0.0)
 _ones = Constant(1.0)
 
+HEADS = ("linear", "bn_linear")
+# default: the head's own (linear: trunc-normal std 0.02, PaddleClas's; bn_linear: std 0.01,
+# AdaptFormer's / MAE's linear probe); zero: weight and bias zero (BiT's).
+HEAD_INITS = ("default", "zero", "trunc_normal_0.01", "trunc_normal_0.02")
+HEAD_BN_EPSILON = 1e-6  # MAE's linear-probe BatchNorm1d(affine=False, eps=1e-6)
+
 
 @dataclass
 class ViTConfig:
-    """Architecture of a :class:`VisionTransformer` (PaddleClas argument names)."""
+    """Architecture of a :class:`VisionTransformer` (PaddleClas argument names; ``head`` and
+    ``head_init`` are ppadapt's: the classifier on top, see :func:`make_head`)."""
 
     img_size: int = 224
     patch_size: int = 16
@@ -40,6 +52,8 @@ class ViTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    head: str = "linear"  # one of HEADS
+    head_init: str = "default"  # one of HEAD_INITS
 
 
 class DropPath(nn.Layer):
@@ -129,6 +143,70 @@ class PatchEmbed(nn.Layer):
         return self.proj(x).flatten(2).transpose([0, 2, 1])
 
 
+class FeatureBatchNorm(nn.Layer):
+    """BatchNorm over the features of ``[N, C]`` without scale and shift (``affine=False``).
+
+    Paddle's ``BatchNorm1D(weight_attr=False, bias_attr=False)`` computes the same, but keeps
+    its running mean and variance as parameters, which freezing by name would make
+    trainable (and count); here they are buffers: saved and loaded with the state dict
+    (``_mean``, ``_variance``, Paddle's names), never trained. Momentum 0.9 is PyTorch's 0.1;
+    as in all of Paddle's BatchNorms the running variance averages the batches' biased
+    variances (PyTorch's the unbiased ones: a factor n/(n-1), 1% at batch 100).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.9, epsilon: float = HEAD_BN_EPSILON):
+        super().__init__()
+        self.momentum, self.epsilon = momentum, epsilon
+        self.register_buffer("_mean", paddle.zeros([num_features]))
+        self.register_buffer("_variance", paddle.ones([num_features]))
+
+    def forward(self, x):
+        if self.training:  # batch statistics; the running ones are updated in place
+            return F.batch_norm(x, self._mean, self._variance, training=True, momentum=self.momentum,
+                                epsilon=self.epsilon, data_format="NC")
+        # Written out rather than batch_norm: Paddle Inference (3.3) crashes on an exported
+        # batch_norm without scale and shift (Paddle's own BatchNorm1D's too).
+        return (x - self._mean) * paddle.rsqrt(self._variance + self.epsilon)
+
+
+class BNLinear(Linear):
+    """``Linear(FeatureBatchNorm(x))``: AdaptFormer's classifier (MAE's linear-probe head).
+    A ``Linear`` subclass, so its parameters keep the names ``weight`` and ``bias``."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.norm = FeatureBatchNorm(in_features)
+
+    def forward(self, x):
+        return super().forward(self.norm(x))
+
+
+def check_head(kind: str, init: str) -> None:
+    """``ValueError`` unless ``kind`` is one of :data:`HEADS` and ``init`` one of :data:`HEAD_INITS`."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r} (choose one of {', '.join(HEADS)})")
+    if init not in HEAD_INITS:
+        raise ValueError(f"unknown head_init {init!r} (choose one of {', '.join(HEAD_INITS)})")
+
+
+def make_head(kind: str, init: str, dim: int, class_num: int) -> nn.Layer:
+    """The classifier of ``class_num`` classes (none for 0); bias zero, weight by ``init``."""
+    check_head(kind, init)
+    if class_num <= 0:
+        return nn.Identity()
+    head = Linear(dim, class_num) if kind == "linear" else BNLinear(dim, class_num)
+    std = {"zero": 0.0, "trunc_normal_0.01": 0.01, "trunc_normal_0.02": 0.02}.get(
+        init, 0.01 if kind == "bn_linear" else 0.02)
+    if std == 0.02:
+        _trunc_normal(head.weight)
+    elif std:
+        TruncatedNormal(std=std)(head.weight)
+    else:
+        _zeros(head.weight)
+    _zeros(head.bias)
+    return head
+
+
 class VisionTransformer(nn.Layer):
     """ViT (Dosovitskiy et al.) with PaddleClas parameter names; ``class_num=0`` drops the head."""
 
@@ -137,6 +215,7 @@ class VisionTransformer(nn.Layer):
         cfg = ViTConfig(**{**asdict(config or ViTConfig()), **overrides})
         if cfg.img_size < cfg.patch_size:
             raise ValueError(f"img_size {cfg.img_size} is smaller than patch_size {cfg.patch_size}")
+        check_head(cfg.head, cfg.head_init)
         self.config = cfg
         self.class_num = class_num
         self.num_features = self.embed_dim = cfg.embed_dim
@@ -153,11 +232,15 @@ class VisionTransformer(nn.Layer):
             for i in range(cfg.depth)
         ])
         self.norm = LayerNorm(cfg.embed_dim, epsilon=cfg.epsilon)
-        self.head = Linear(cfg.embed_dim, class_num) if class_num > 0 else nn.Identity()
+        plain = cfg.head == "linear" and cfg.head_init == "default"
+        # today's head is built here and drawn by apply() below, so default models stay bit-identical
+        self.head = Linear(cfg.embed_dim, class_num) if plain and class_num > 0 else nn.Identity()
 
         _trunc_normal(self.pos_embed)
         _trunc_normal(self.cls_token)
         self.apply(_init_weights)
+        if not plain:
+            self.head = make_head(cfg.head, cfg.head_init, cfg.embed_dim, class_num)
 
     def forward_features(self, x):
         x = self.patch_embed(x)
@@ -188,11 +271,10 @@ class VisionTransformer(nn.Layer):
         return len(self.blocks) + 1
 
     def reset_head(self, class_num: int) -> None:
-        """Replace the classifier by a freshly initialised one for ``class_num`` classes."""
+        """Replace the classifier by a freshly initialised one (of the config's kind and
+        init) for ``class_num`` classes."""
         self.class_num = class_num
-        self.head = Linear(self.embed_dim, class_num) if class_num > 0 else nn.Identity()
-        if class_num > 0:
-            _init_weights(self.head)
+        self.head = make_head(self.config.head, self.config.head_init, self.embed_dim, class_num)
 
 
 def _init_weights(layer: nn.Layer) -> None:

@@ -21,8 +21,12 @@ META_KEY = "__ppadapt_adapter__"
 
 
 def adapter_state(model: nn.Layer) -> dict:
-    """The trainable tensors of ``model``, by parameter name."""
-    return {name: p for name, p in model.named_parameters() if not p.stop_gradient}
+    """The trainable tensors of ``model`` by parameter name, and the head's buffers (the
+    running statistics of a ``bn_linear`` head: they train with it but are no parameters)."""
+    state = {name: p for name, p in model.named_parameters() if not p.stop_gradient}
+    params = {name for name, _ in model.named_parameters()}
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.") and k not in params})
+    return state
 
 
 def save_adapter(model: nn.Layer, path: str | Path, meta: dict) -> None:

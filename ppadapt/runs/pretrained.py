@@ -16,10 +16,14 @@
   grid with the class token kept, as timm's ``resample_abs_pos_embed``; a patch
   embedding kernel of another patch size is resampled by FlexiViT's pseudo-inverse
   resize, as timm's ``resample_patch_embed``. Everything else must match exactly
-  (:func:`ppadapt.runs.checkpoint.load_weights` lists what does not).
+  (:func:`ppadapt.runs.checkpoint.load_weights` lists what does not), except two
+  differences of PaddleClas's foundation ViTs (``MAE_vit_base_patch16``), whose
+  constructor has no patch-embedding bias (loaded as a zero bias: the same function)
+  and an image projection ``proj`` no classifier uses (ignored).
 * **Images**: :func:`pretrained_normalization` gives the mean/std the weights were
-  trained with: PaddleClas's ViTs use mean = std = 0.5 per channel; a checkpoint
-  written by a ppadapt run uses what its ``run.json`` recorded.
+  trained with: PaddleClas's ViTs use mean = std = 0.5 per channel, its DeiT and MAE
+  ImageNet's mean/std (:func:`ppadapt.models.paddleclas_archs.paddleclas_normalization`);
+  a checkpoint written by a ppadapt run uses what its ``run.json`` recorded.
 
 The resampling matrices follow PyTorch's / Paddle's ``interpolate`` (half-pixel
 centres, ``align_corners=False``, edge pixels replicated, cubic coefficient -0.75)
@@ -42,7 +46,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..methods import added_parameter_names
-from ..models.paddleclas_archs import paddleclas_weights_url
+from ..models.paddleclas_archs import paddleclas_normalization, paddleclas_weights_url
 from .checkpoint import load_state_dict, load_weights
 from .layout import default_pretrained
 from .record import read_record, record_path
@@ -61,6 +65,8 @@ TIMEOUT_S = 30.0  # per connection attempt and per read; one attempt only
 
 POS_EMBED = "pos_embed"
 PATCH_KERNEL = "patch_embed.proj.weight"
+PATCH_BIAS = "patch_embed.proj.bias"
+UNUSED_KEYS = ("proj",)  # PaddleClas's foundation ViTs: the CLIP-style image projection, unused by a classifier
 
 
 # --- where the weights come from ----------------------------------------------------
@@ -157,20 +163,23 @@ def paddleclas_weights(name: str, log: Callable[[str], None] = print) -> Path:
 
 # --- how images are normalised ----------------------------------------------------------
 
-def pretrained_normalization(value: str | None, path: str | Path | None
+def pretrained_normalization(value: str | None, path: str | Path | None, backbone: str | None = None
                              ) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
     """``(mean, std, where from)`` the pretrained weights expect, or None (no weights:
     the dataset's own statistics).
 
-    ``value`` is ``transfer.pretrained`` as configured, ``path`` the resolved file.
-    A ppadapt run's checkpoint (a ``run.json`` with mean/std beside it) uses the
-    run's values; PaddleClas's weights, and any other external checkpoint (ppadapt's
-    ViT uses PaddleClas's names, so that is the format it loads), use 0.5 / 0.5.
+    ``value`` is ``transfer.pretrained`` as configured, ``path`` the resolved file,
+    ``backbone`` the PaddleClas backbone the model is (``model.backbone``), if any.
+    PaddleClas's weights use their family's values; a ppadapt run's checkpoint (a
+    ``run.json`` with mean/std beside it) the run's; any other external checkpoint
+    (ppadapt's ViT uses PaddleClas's names, so that is the format it loads) those of
+    ``backbone``, or 0.5 / 0.5 (PaddleClas's ViTs) without one.
     """
     if path is None:
         return None
     if is_paddleclas_ref(value):
-        return PADDLECLAS_MEAN, PADDLECLAS_STD, f"PaddleClas's, for its {paddleclas_name(value)} weights"
+        name = paddleclas_name(value)
+        return (*paddleclas_normalization(name), f"PaddleClas's, for its {name} weights")
     record = record_path(Path(path).parent)
     if record.is_file():
         try:
@@ -180,6 +189,9 @@ def pretrained_normalization(value: str | None, path: str | Path | None
                 return mean, std, f"the pretraining run's, from {record}"
         except (CheckpointError, ValueError, TypeError):  # not a usable record: taken as external
             pass
+    if backbone is not None:
+        return (*paddleclas_normalization(backbone),
+                f"PaddleClas's for {backbone}: a checkpoint with no ppadapt run.json beside it is taken as its weights")
     return (PADDLECLAS_MEAN, PADDLECLAS_STD,
             "PaddleClas's: a checkpoint with no ppadapt run.json beside it is taken as a PaddleClas ViT")
 
@@ -275,15 +287,26 @@ def _numpy(value) -> np.ndarray:
 
 def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     """A checkpoint filter: ``state`` with its position embedding and patch kernel
-    resampled to ``model``'s patch grid and patch size where they differ.
+    resampled to ``model``'s patch grid and patch size where they differ, and PaddleClas's
+    foundation-ViT differences bridged: a missing patch-embedding bias becomes zeros (its
+    constructor has none; a zero bias is the same function) and ``proj``, an image
+    projection no classifier uses, is dropped.
 
-    Only these two tensors are touched, and only when their width (and channels)
-    match the model's; any other difference is left for
+    Only these tensors are touched, and the resampled ones only when their width (and
+    channels) match the model's; any other difference is left for
     :func:`ppadapt.runs.checkpoint.load_weights` to report. Returns the new dict (the
-    input is not modified) and one note per resampled tensor, for the log.
+    input is not modified) and one note per change, for the log.
     """
     own = model.state_dict()
     out, notes = dict(state), []
+    for key in UNUSED_KEYS:
+        if key in out and key not in own:
+            del out[key]
+            notes.append(f"ignored {key} {list(state[key].shape)} (PaddleClas's foundation-ViT image projection, "
+                         "which its classifier does not use)")
+    if PATCH_BIAS in own and PATCH_BIAS not in out and PATCH_KERNEL in out:
+        out[PATCH_BIAS] = np.zeros_like(_numpy(own[PATCH_BIAS]))
+        notes.append(f"{PATCH_BIAS} is not in the checkpoint (PaddleClas's foundation ViTs have none): set to zero")
     if PATCH_KERNEL in out and PATCH_KERNEL in own:
         have, want = list(out[PATCH_KERNEL].shape), list(own[PATCH_KERNEL].shape)
         if have != want and have[:2] == want[:2] and len(have) == 4 and have[2] == have[3] and want[2] == want[3]:

@@ -61,8 +61,8 @@ def plan_stage(cfg: Config, stage: str, resume: Any = None,
             return StagePlan(cfg, stage, run_dir(cfg, stage))
         # Resolved first: a missing checkpoint fails before any time is spent on the data.
         pretrained = resolve_pretrained(cfg, log)
-        # Images are normalised the way the pretrained weights expect (PaddleClas: 0.5/0.5).
-        norm = pretrained_normalization(cfg.transfer.pretrained, pretrained)
+        # Images are normalised the way the pretrained weights expect (PaddleClas ViT: 0.5/0.5; DeiT, MAE: ImageNet).
+        norm = pretrained_normalization(cfg.transfer.pretrained, pretrained, cfg.model.backbone)
         return StagePlan(cfg, stage, run_dir(cfg, stage), pretrained, norm)
     point = resume if isinstance(resume, ResumePoint) else prepare_resume(cfg, stage, resume)
     if point.finished:
