@@ -65,6 +65,12 @@ class StageConfig:
     warmup_steps: int = 2000
     min_lr: float = 0.0
     log_freq: int = 10
+    # Model selection without the test set: this share of every class's training images
+    # (seeded by ``seed``) becomes a validation set that picks the best epoch; 0: off, the
+    # best epoch is picked on test. ``val_dir``: an image folder's own validation images
+    # (<class>/* subfolders, e.g. DIR/val) instead.
+    val_split: float = 0.0
+    val_dir: str | None = None
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """``paddle.Model.fit`` callbacks, one concern each: LR warmup schedules, the eval-loss mean,
 VisualDL logging, best/final checkpoints and run.json, the progress bar, the per-epoch
-data/RNG setup, and the guard (NaN, Ctrl-C, the resumable checkpoint)."""
+data/RNG setup, the guard (NaN, Ctrl-C, the resumable checkpoint), and the validation split's
+evaluation that chooses the best epoch."""
 from .best_final import BestAndFinalCheckpoint
 from .epoch_setup import EpochSetup
 from .guard import TrainingGuard
 from .loss import EvalLossMean
 from .lr_warmup import WarmupEpochCosine, WarmupStepCosine, warmup_epoch_cosine_lr, warmup_step_cosine_lr
 from .progress import EpochProgBar
+from .validation import ValidationEval
 from .visualdl_logger import VisualDLLogger
 
 __all__ = ["BestAndFinalCheckpoint", "EpochProgBar", "EpochSetup", "EvalLossMean", "TrainingGuard",
-           "VisualDLLogger", "WarmupEpochCosine", "WarmupStepCosine", "warmup_epoch_cosine_lr",
+           "ValidationEval", "VisualDLLogger", "WarmupEpochCosine", "WarmupStepCosine", "warmup_epoch_cosine_lr",
            "warmup_step_cosine_lr"]
