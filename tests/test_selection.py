@@ -124,8 +124,8 @@ class FixedValidation:
 
 def test_best_is_chosen_on_val_and_reports_the_test_numbers_of_that_epoch(tmp_path):
     model, validation = tiny_model(), FixedValidation()
-    saver = BestAndFinalCheckpoint(str(tmp_path), meta={"stage": "transfer", "params": {"trainable": 5, "total": 5}, "selected_on": "val"},
-                                   validation=validation)
+    meta = {"stage": "transfer", "params": {"trainable": 5, "total": 5}, "selected_on": "val"}
+    saver = BestAndFinalCheckpoint(str(tmp_path), meta=meta, validation=validation)
     saver.set_model(model)
     saver.set_params({"metrics": ["loss", "acc_top1", "acc_top5"]})
     saver.on_train_begin()

@@ -286,7 +286,8 @@ def grid_table(results: Sequence[MethodResult], score: str) -> str:
 
 
 def result_table(results: Sequence[MethodResult]) -> str:
-    rows = ["| method | chosen setting | val top-1 | test top-1 (final, mean ± std) | seeds | params (w/o head) | PPT |",
+    rows = ["| method | chosen setting | val top-1 | test top-1 (final, mean ± std) | seeds | params (w/o head) "
+            "| PPT |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         test = "-" if r.mean is None else f"{r.mean:.2f}" + ("" if r.std is None else f" ± {r.std:.2f}")
@@ -342,18 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "--grid lr=1e-3,3e-3,1e-2 --grid weight_decay=0,0.05 --grid method.rank=4,8; every "
                         "combination is a point")
     p.add_argument("--seeds", type=int, default=3, metavar="N",
-                   help="retraining runs of the chosen setting: seeds S, S+1, ... (S: --seed or the config's; default 3)")
+                   help="retraining runs of the chosen setting: seeds S, S+1, ... (S: --seed or the config's; "
+                        "default 3)")
     p.add_argument("--val-split", type=float, default=0.1, metavar="F",
                    help="share of each class's training images held out to score the grid (default 0.1)")
     p.add_argument("--score", choices=SCORES, default="final",
                    help="a grid point's score: validation top-1 of the final epoch (default) or the best epoch")
     p.add_argument("--config", metavar="FILE.yaml",
-                   help="experiment protocol (default: configs/tutorial.yaml; configs/digits.yaml with --dataset digits)")
+                   help="experiment protocol (default: configs/tutorial.yaml; configs/digits.yaml with "
+                        "--dataset digits)")
     p.add_argument("--dataset", choices=DATASET_CHOICES, help="downstream dataset (default: the config's)")
     p.add_argument("--data-file", metavar="PATH", help="local cifar-10-python.tar.gz / cifar-100-python.tar.gz")
     p.add_argument("--data-dir", metavar="DIR", help="image folder with DIR/train/<class>/*, DIR/test/<class>/*")
     p.add_argument("--pretrained", metavar="CKPT",
-                   help="backbone checkpoint (as transfer.py; default: the config's pretraining run; 'none': from scratch)")
+                   help="backbone checkpoint (as transfer.py; default: the config's pretraining run; 'none': "
+                        "from scratch)")
     p.add_argument("--backbone", metavar="NAME", help="a PaddleClas ViT, as transfer.py --backbone")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -382,7 +386,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[Point]]:
     else:
         methods = [m.strip() for m in args.methods.split(",")]
         if not all(methods):
-            raise ConfigError(f"--methods {args.methods!r} has an empty name (give A,B,..., e.g. --methods linear,lora)")
+            raise ConfigError(f"--methods {args.methods!r} has an empty name (give A,B,..., e.g. "
+                              "--methods linear,lora)")
         twice = sorted({m for m in methods if methods.count(m) > 1})
         if twice:
             raise ConfigError(f"--methods lists {', '.join(twice)} twice")

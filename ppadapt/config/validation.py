@@ -35,7 +35,8 @@ def check_validation(st: StageConfig, name: str) -> None:
     """``val_split`` a share in [0, 1) (0: off); ``val_dir`` only for image folders, and not with it."""
     if not 0.0 <= st.val_split < 1.0:
         raise ConfigError(f"{name}.val_split must be in [0, 1), got {st.val_split:g} (0 = off, the best epoch is "
-                          f"chosen on test; e.g. -o {name}.val_split=0.1 holds out 10% of each class's training images)")
+                          f"chosen on test; e.g. -o {name}.val_split=0.1 holds out 10% of each class's training "
+                          "images)")
     if st.val_dir is not None:
         if st.dataset != "folder":
             raise ConfigError(f"{name}.val_dir is for image folders (--data-dir DIR); for {st.dataset} use "

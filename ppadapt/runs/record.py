@@ -24,12 +24,12 @@ evaluation, atomically. Its keys, in this order:
 
 The first eight, the *header*, and ``selected_on`` are known when training starts
 (:meth:`RunRecord.header`) and are what resume checkpoints keep as ``meta``
-(:meth:`RunRecord.meta`). Records written before ``selected_on`` lack it: their best was
-chosen on test. Older records lack some of them (``method``,
-``params.head``, ``mean``/``std``); the reader takes any JSON object and checks only
-the keys its caller names, so each caller keeps its own leniency: the report reads
-old and unfinished records, rebuilding a model needs ``config``, ``class_names``,
-``mean`` and ``std``, and the pretrained-weights normalisation only ``mean``/``std``.
+(:meth:`RunRecord.meta`). Older records lack some of them (``method``,
+``params.head``, ``mean``/``std``; ``selected_on``: their best was chosen on test); the
+reader takes any JSON object and checks only the keys its caller names, so each caller
+keeps its own leniency: the report reads old and unfinished records, rebuilding a model
+needs ``config``, ``class_names``, ``mean`` and ``std``, and the pretrained-weights
+normalisation only ``mean``/``std``.
 
 This module does not import Paddle (the report reads records without it).
 """
@@ -52,8 +52,9 @@ HEADER = ("stage", "dataset", "method", "class_names", "mean", "std", "config", 
 SELECTION = "selected_on"  # after the header; not in HEADER, which older records have in full
 BODY = ("history", "best", "final", "checkpoints")
 
-_KINDS = {"selected_on": str, "stage": str, "dataset": str, "method": str, "class_names": list, "mean": list, "std": list,
-          "config": dict, "params": dict, "history": list, "best": dict, "final": dict, "checkpoints": dict}
+_KINDS = {"stage": str, "dataset": str, "method": str, "class_names": list, "mean": list, "std": list,
+          "config": dict, "params": dict, "selected_on": str, "history": list, "best": dict, "final": dict,
+          "checkpoints": dict}
 _JSON_KIND = {str: "a string", list: "a list", dict: "an object"}
 
 
