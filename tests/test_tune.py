@@ -157,6 +157,7 @@ def test_an_interrupted_search_continues_where_it_stopped(searched, archive, tmp
     (["--grid", "lr=fast"], "error: transfer.lr must be float, got 'fast'"),
     (["--grid", "lr=-1"], "error: transfer.lr must be positive, got -1.0"),
     (["--grid", "seed=1,2"], "error: --grid seed: tune.py sets seed itself (use --seed)"),
+    (["--grid", "epochs=1,3"], "error: --grid epochs and --epochs both set transfer.epochs: drop one"),
     (["-o", "val_split=0.3"], "error: -o val_split: tune.py sets transfer.val_split itself (use --val-split)"),
     (["--seeds", "0"], "error: --seeds must be at least 1, got 0"),
     (["--val-split", "0"], "error: --val-split must be in (0, 1), got 0"),

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import Config, config_from_dict, parse_scalar, set_value, transfer_method, validate
+from ..config.flags import FLAGS
 from ..config.schema import StageConfig, field_names
 from ..errors import ConfigError, TrainingInterrupted
 from ..runs.layout import default_pretrained, run_dir
@@ -391,7 +392,14 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[Point]]:
         twice = sorted({m for m in methods if methods.count(m) > 1})
         if twice:
             raise ConfigError(f"--methods lists {', '.join(twice)} twice")
-    points = grid_points(parse_grid(args.grid))
+    axes = parse_grid(args.grid)
+    for key, _ in axes:  # a flag would silently win over the grid's values
+        flag = next((f for f in FLAGS if f.key.format(stage=STAGE) == canonical_key(key)
+                     and getattr(args, f.dest, None) not in (None, False)), None)
+        if flag is not None:
+            raise ConfigError(f"--grid {key} and --{flag.dest.replace('_', '-')} both set {canonical_key(key)}: "
+                              "drop one")
+    points = grid_points(axes)
     for method in methods:  # every method's every point is a valid config before anything trains
         for point in points:
             run_config(args, method, point.items, seed=base.seed, val_split=args.val_split, output=Path(base.output),
