@@ -57,7 +57,9 @@ def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):
     return prepare_resume(cfg, stage, args.resume, explicit_keys(args, stage))
 
 
-def _load(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
+def load_tool_config(args: argparse.Namespace, stage: str, dataset: str | None) -> Config:
+    """The config a command line describes: ``--config`` (default by ``dataset``), the flags
+    and ``-o`` overrides of the flag table, ``--backbone``; validated. (tune.py builds one per run.)"""
     path = args.config
     if path is None:
         path = CONFIG_DIR / ("digits.yaml" if dataset == "digits" else "tutorial.yaml")
@@ -109,7 +111,7 @@ def train_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> i
     args = p.parse_args(argv)
 
     def main() -> int:
-        cfg = _load(args, "pretrain", args.dataset)
+        cfg = load_tool_config(args, "pretrain", args.dataset)
         run_stage(cfg, "pretrain", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "pretrain"),
                   callbacks=callbacks)
         return 0
@@ -154,7 +156,7 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
         if args.list_backbones:
             print(list_backbones())
             return 0
-        cfg = _load(args, "transfer", args.dataset)
+        cfg = load_tool_config(args, "transfer", args.dataset)
         if args.dry_run:
             cfg = resolve_resolution(cfg, "transfer", log=lambda line: None)  # the size training would use
             model = build_model(cfg, class_count(cfg, "transfer"))

@@ -12,6 +12,11 @@ and PPT, the Performance-Parameter Trade-off,
 ``PPT = top1/100 * exp(-log10(P / 1e7 + 1))``. Here PPT uses the *best* eval top-1
 of the run (the number its ``best.pdparams`` holds).
 
+"Best" is the test top-1 at the epoch the run chose: on its validation split
+(``val_split``/``val_dir``, run.json ``selected_on: "val"``), or on the test set itself
+(no validation split, and every record written before ``selected_on``: an optimistic
+number). The table's header and the note under it say which, per run when they differ.
+
 Older ``run.json`` files (before the method name and the head count were recorded)
 still report: the method is read from the config (``transfer.freeze`` means
 AdaptFormer) and the head is counted from the model width and the class names.
@@ -80,6 +85,8 @@ class RunSummary:
     seconds_per_epoch: float | None
     checkpoint: Path | None
     checkpoint_bytes: int | None
+    selected_on: str = "test"  # the split that chose the best epoch
+    top1_val_best: float | None = None  # validation top-1 at that epoch (selected on val)
 
     @property
     def name(self) -> str:
@@ -187,7 +194,9 @@ def load_run(run_dir: str | Path) -> RunSummary:
         finished=final is not None, epochs_done=len(history),
         epochs=epochs if isinstance(epochs, int) else None,
         seconds_per_epoch=sum(seconds) / len(seconds) if seconds else None,
-        checkpoint=checkpoint, checkpoint_bytes=checkpoint.stat().st_size if checkpoint else None)
+        checkpoint=checkpoint, checkpoint_bytes=checkpoint.stat().st_size if checkpoint else None,
+        selected_on=record.best_selected_on,
+        top1_val_best=None if (best or {}).get("val_acc_top1") is None else 100.0 * float(best["val_acc_top1"]))
 
 
 def select_runs(runs: Sequence[RunSummary], stage: str | None = None, sort: str = "ppt") -> list[RunSummary]:
@@ -224,10 +233,29 @@ def _final_cell(run: RunSummary) -> str:
     return f"unfinished ({run.epochs_done}{of} epochs)"
 
 
+def selection_header(runs: Sequence[RunSummary]) -> str:
+    """The "top-1 best" column's header: the split that chose the best epoch."""
+    splits = {r.selected_on for r in runs}
+    return f"top-1 best (selected on {splits.pop()})" if len(splits) == 1 else "top-1 best (selected on: see below)"
+
+
+def selection_note(runs: Sequence[RunSummary]) -> str:
+    """One line under the table: how each run's best epoch was chosen."""
+    on_val = [r.name for r in runs if r.selected_on == "val"]
+    on_test = [r.name for r in runs if r.selected_on != "val"]
+    val_text = "test top-1 at the epoch with the best validation top-1 (val_split / val_dir)"
+    test_text = "the best test top-1 over the epochs (chosen on test, no val_split: an optimistic estimate)"
+    if not on_test:
+        return f"top-1 best: {val_text}."
+    if not on_val:
+        return f"top-1 best: {test_text}."
+    return f"top-1 best: {val_text} for {', '.join(on_val)}; {test_text} for {', '.join(on_test)}."
+
+
 def markdown_table(runs: Sequence[RunSummary]) -> str:
-    """The runs as a Markdown table (accuracies in percent, 2 decimals), with a
-    note below it saying how PPT is computed."""
-    header = ["run", "method", "dataset", "params (w/o head)", "top-1 best", "top-1 final",
+    """The runs as a Markdown table (accuracies in percent, 2 decimals), with notes
+    below it saying how each run's best epoch was chosen and how PPT is computed."""
+    header = ["run", "method", "dataset", "params (w/o head)", selection_header(runs), "top-1 final",
               "PPT (best)", "s/epoch", "checkpoint"]
     rows = []
     for r in runs:
@@ -238,12 +266,13 @@ def markdown_table(runs: Sequence[RunSummary]) -> str:
                      _fmt(r.seconds_per_epoch, ".2f"), ckpt])
     align = ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]
     lines = ["| " + " | ".join(cells) + " |" for cells in [header, align, *rows]]
-    return "\n".join(lines + ["", PPT_NOTE])
+    return "\n".join(lines + ["", selection_note(runs), PPT_NOTE])
 
 
 CSV_FIELDS = ("run", "stage", "method", "dataset", "params_trainable", "params_head", "params_without_head",
               "params_total", "top1_best", "best_epoch", "top1_final", "ppt", "seconds_per_epoch",
-              "checkpoint", "checkpoint_bytes", "finished", "epochs_done", "epochs", "run_dir")
+              "checkpoint", "checkpoint_bytes", "finished", "epochs_done", "epochs", "run_dir", "selected_on",
+              "top1_val_best")
 
 
 def csv_table(runs: Sequence[RunSummary]) -> str:
@@ -256,7 +285,7 @@ def csv_table(runs: Sequence[RunSummary]) -> str:
         row = [r.name, r.stage, r.method, r.dataset, r.trainable, r.head, r.without_head, r.total,
                r.top1_best, r.best_epoch, r.top1_final, r.ppt, r.seconds_per_epoch,
                r.checkpoint.name if r.checkpoint else None, r.checkpoint_bytes, r.finished,
-               r.epochs_done, r.epochs, str(r.run_dir)]
+               r.epochs_done, r.epochs, str(r.run_dir), r.selected_on, r.top1_val_best]
         writer.writerow(["" if v is None else v for v in row])
     return out.getvalue()
 

@@ -96,6 +96,12 @@ class StageConfig:
     decay_factor: float = 0.1  # step_decay: the LR is multiplied by this at each of decay_at
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) * one-hot + e / classes
     log_freq: int = 10
+    # Model selection without the test set: this share of every class's training images
+    # (seeded by ``seed``) becomes a validation set that picks the best epoch; 0: off, the
+    # best epoch is picked on test. ``val_dir``: an image folder's own validation images
+    # (<class>/* subfolders, e.g. DIR/val) instead.
+    val_split: float = 0.0
+    val_dir: str | None = None
 
 
 @dataclass

@@ -33,9 +33,24 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name}.schedule must be one of {SCHEDULES}, got {st.schedule!r}")
         check_augmentation(name, st)
         check_optimization(name, st)
+        check_validation(st, name)
     check_geometry(cfg.model)
     check_head_and_backbone(cfg.model)
     check_methods(cfg)
+
+
+def check_validation(st: StageConfig, name: str) -> None:
+    """``val_split`` a share in [0, 1) (0: off); ``val_dir`` only for image folders, and not with it."""
+    if not 0.0 <= st.val_split < 1.0:
+        raise ConfigError(f"{name}.val_split must be in [0, 1), got {st.val_split:g} (0 = off, the best epoch is "
+                          f"chosen on test; e.g. -o {name}.val_split=0.1 holds out 10% of each class's training "
+                          "images)")
+    if st.val_dir is not None:
+        if st.dataset != "folder":
+            raise ConfigError(f"{name}.val_dir is for image folders (--data-dir DIR); for {st.dataset} use "
+                              f"-o {name}.val_split=0.1")
+        if st.val_split:
+            raise ConfigError(f"{name}.val_split and {name}.val_dir both give a validation set: set only one")
 
 
 def check_geometry(m: ModelSection) -> None:

@@ -17,13 +17,16 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class Splits:
-    """Decoded train and test images (uint8, N x H x W x 3) with int64 labels."""
+    """Decoded train and test images (uint8, N x H x W x 3) with int64 labels; ``val_*``: a
+    given validation split (an image folder's ``val_dir``), None when there is none."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     class_names: list[str]
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -64,8 +67,10 @@ def select_classes(splits: Splits, classes: Sequence[int] | None) -> Splits:
 
     train_images, train_labels = pick(splits.train_images, splits.train_labels)
     test_images, test_labels = pick(splits.test_images, splits.test_labels)
+    val_images, val_labels = (None, None) if splits.val_labels is None else pick(splits.val_images,
+                                                                                 splits.val_labels)
     return Splits(train_images, train_labels, test_images, test_labels,
-                  [splits.class_names[c] for c in wanted])
+                  [splits.class_names[c] for c in wanted], val_images, val_labels)
 
 
 class ArrayDataset(paddle.io.Dataset):

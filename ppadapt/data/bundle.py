@@ -12,6 +12,7 @@ from .arrays import ArrayDataset, Splits, select_classes
 from .cifar import cifar_spec, load_cifar
 from .digits import DIGITS_MEAN, DIGITS_STD, ROLES, load_digits_splits
 from .folder import FOLDER_MEAN, FOLDER_STD, load_image_folder
+from .split import check_split, stratified_split
 from .transforms import Pipeline
 
 DATASETS = ("cifar10", "cifar100", "digits", "folder")
@@ -21,13 +22,15 @@ KNOWN_CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "digits": 5}
 @dataclass
 class DatasetBundle:
     """What a training stage needs from its data: both splits plus what a checkpoint
-    must record to classify new images the same way (class names, normalisation)."""
+    must record to classify new images the same way (class names, normalisation).
+    ``val``: the validation split that chooses the best epoch (None: chosen on test)."""
 
     train: paddle.io.Dataset
     test: paddle.io.Dataset
     class_names: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    val: paddle.io.Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -38,7 +41,8 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
                    data_file: str | Path | None = None, data_dir: str | Path | None = None,
                    classes: Sequence[int] | None = None, augment: bool = True,
                    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-                   pipeline: Pipeline = Pipeline()) -> DatasetBundle:
+                   pipeline: Pipeline = Pipeline(), val_split: float = 0.0,
+                   val_dir: str | Path | None = None, seed: int = 0) -> DatasetBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) for a training stage.
 
     ``role`` ("pretrain" / "transfer") picks digits 0-4 or 5-9 and is ignored by
@@ -49,7 +53,10 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
     deterministic eval transform; ``pipeline`` picks the augmentation and evaluation resize
     (:class:`~ppadapt.data.transforms.Pipeline`; the default is the tutorial's).
     ``normalization`` = ``(mean, std)`` replaces the dataset's own statistics: pretrained weights expect the normalisation they were
-    trained with (PaddleClas's ViTs: 0.5 / 0.5). Every user-fixable problem raises ``DataError``.
+    trained with (PaddleClas's ViTs: 0.5 / 0.5). ``val_split`` > 0 holds out that share of
+    every class's training images (seeded by ``seed``, :mod:`.split`) as ``val``; ``val_dir``
+    (image folders only) gives the validation images instead. Every user-fixable problem
+    raises ``DataError``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}' (choose one of {', '.join(DATASETS)})")
@@ -63,7 +70,7 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
         splits: Splits = load_digits_splits(role)
         mean, std, flip = DIGITS_MEAN, DIGITS_STD, False  # a mirrored digit is another symbol
     elif name == "folder":
-        splits = load_image_folder(data_dir, pipeline.decode_size(img_size))
+        splits = load_image_folder(data_dir, pipeline.decode_size(img_size), val_dir)
         mean, std = FOLDER_MEAN, FOLDER_STD
     else:
         spec = cifar_spec(name)
@@ -75,12 +82,28 @@ def build_datasets(name: str, *, role: str = "pretrain", img_size: int = 32,
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"normalization must be (mean, std) of 3 values each, std > 0; got {normalization!r}")
 
+    if val_dir and name != "folder":
+        raise DataError(f"{role}.val_dir is for image folders (--data-dir); for {name} use {role}.val_split")
+
     splits = select_classes(splits, classes)
     _check_not_empty(splits, name, role, classes, data_file or data_dir)
+    train_images, train_labels = splits.train_images, splits.train_labels
+    val_images, val_labels = splits.val_images, splits.val_labels
+    if val_labels is not None:
+        missing = [n for i, n in enumerate(splits.class_names) if not (val_labels == i).any()]
+        if missing:
+            raise DataError(f"{role}.val_dir {val_dir} has no readable images for class(es) {missing}: every "
+                            "class needs validation images (add them to its <class>/ folders)")
+    elif val_split:
+        check_split(train_labels, val_split, splits.class_names, f"{role}.val_split")
+        keep, held = stratified_split(train_labels, val_split, seed)
+        train_images, train_labels, val_images, val_labels = (train_images[keep], train_labels[keep],
+                                                              train_images[held], train_labels[held])
     train_transform, eval_transform = pipeline.transforms(img_size, mean, std, flip=flip, augment=augment)
-    return DatasetBundle(train=ArrayDataset(splits.train_images, splits.train_labels, train_transform),
+    return DatasetBundle(train=ArrayDataset(train_images, train_labels, train_transform),
                          test=ArrayDataset(splits.test_images, splits.test_labels, eval_transform),
-                         class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std))
+                         class_names=list(splits.class_names), mean=tuple(mean), std=tuple(std),
+                         val=None if val_labels is None else ArrayDataset(val_images, val_labels, eval_transform))
 
 
 def _check_not_empty(splits: Splits, name: str, role: str, classes: Sequence[int] | None,

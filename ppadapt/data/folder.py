@@ -21,12 +21,13 @@ FOLDER_STD = (0.5, 0.5, 0.5)
 _LAYOUT = "DIR/train/<class>/*, DIR/test/<class>/*"
 
 
-def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
+def load_image_folder(data_dir: str | Path | None, img_size: int, val_dir: str | Path | None = None) -> Splits:
     """Decode both splits to uint8 ``img_size`` x ``img_size`` x 3 RGB arrays.
 
     Class names are the sorted subfolders of ``train``; ``test`` must have the same
     ones. Files with another suffix are ignored; image files that do not decode are
-    skipped with one warning that counts them.
+    skipped with one warning that counts them. ``val_dir`` (``<class>/*`` with the
+    train classes, e.g. ``DIR/val``): a given validation split, decoded the same way.
     """
     if not data_dir:
         raise DataError(f"no image folder given (pass --data-dir DIR with {_LAYOUT})")
@@ -46,6 +47,8 @@ def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
         raise DataError(f"{split_dirs['test']} must have the same class folders as {split_dirs['train']} "
                         f"(missing in test: {missing or 'none'}, not in train: {extra or 'none'})")
 
+    if val_dir:
+        split_dirs["val"] = _val_root(Path(val_dir).expanduser(), class_names)
     files = {split: _image_files(path, class_names) for split, path in split_dirs.items()}
     if not files["train"] and not files["test"]:
         raise DataError(f"no images in {root} (expected {IMAGE_SUFFIX_TEXT} files in {_LAYOUT})")
@@ -69,7 +72,20 @@ def load_image_folder(data_dir: str | Path | None, img_size: int) -> Splits:
                         "(add images or remove those folders)")
     if len(test_images) == 0:
         raise DataError(f"no readable test images in {split_dirs['test']} (add images to its class folders)")
-    return Splits(train_images, train_labels, test_images, test_labels, class_names)
+    val_images, val_labels = arrays.get("val", (None, None))  # every class has some: checked by the caller
+    return Splits(train_images, train_labels, test_images, test_labels, class_names, val_images, val_labels)
+
+
+def _val_root(val_dir: Path, class_names: list[str]) -> Path:
+    """The given validation folder, checked to hold only the training classes' folders."""
+    if not val_dir.is_dir():
+        raise DataError(f"validation folder not found: {val_dir} (set val_dir to a folder with <class>/* "
+                        "subfolders named like the train ones, e.g. DIR/val)")
+    extra = sorted(set(_class_dirs(val_dir)) - set(class_names))
+    if extra:
+        raise DataError(f"validation folder {val_dir} has class folders that train lacks: {extra} (use the "
+                        "train class names)")
+    return val_dir
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -79,6 +95,7 @@ def _class_dirs(split_dir: Path) -> list[str]:
 def _image_files(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
     return [(path, label)
             for label, name in enumerate(class_names)
+            if (split_dir / name).is_dir()
             for path in sorted((split_dir / name).iterdir())
             if path.is_file() and is_image_name(path)]
 

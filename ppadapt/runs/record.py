@@ -13,19 +13,23 @@ evaluation, atomically. Its keys, in this order:
 ``mean``, ``std`` the per-channel normalisation the run used (3 numbers each)
 ``config``        the run's full config (``Config.to_dict()``)
 ``params``        ``trainable``, ``total``, ``head``, ``without_head`` parameter counts
+``selected_on``   the split that chose ``best``: ``"val"`` (``val_split``/``val_dir``: the
+                  best validation epoch; its test numbers are the ones reported) or
+                  ``"test"`` (no validation split: chosen on the test set itself)
 ``history``       one entry per epoch (see :mod:`ppadapt.training.callbacks.best_final`)
 ``best``          the best evaluation (null before the first), ``final``: the last epoch's
                   (null until the run finished)
 ``checkpoints``   paths of ``best``/``final`` (null until written) and ``resume``
 ================  =====================================================================
 
-The first eight, the *header*, are known when training starts
+The first eight, the *header*, and ``selected_on`` are known when training starts
 (:meth:`RunRecord.header`) and are what resume checkpoints keep as ``meta``
 (:meth:`RunRecord.meta`). Older records lack some of them (``method``,
-``params.head``, ``mean``/``std``); the reader takes any JSON object and checks only
-the keys its caller names, so each caller keeps its own leniency: the report reads
-old and unfinished records, rebuilding a model needs ``config``, ``class_names``,
-``mean`` and ``std``, and the pretrained-weights normalisation only ``mean``/``std``.
+``params.head``, ``mean``/``std``; ``selected_on``: their best was chosen on test); the
+reader takes any JSON object and checks only the keys its caller names, so each caller
+keeps its own leniency: the report reads old and unfinished records, rebuilding a model
+needs ``config``, ``class_names``, ``mean`` and ``std``, and the pretrained-weights
+normalisation only ``mean``/``std``.
 
 This module does not import Paddle (the report reads records without it).
 """
@@ -45,10 +49,12 @@ if TYPE_CHECKING:
 
 RUN_RECORD = "run.json"
 HEADER = ("stage", "dataset", "method", "class_names", "mean", "std", "config", "params")
+SELECTION = "selected_on"  # after the header; not in HEADER, which older records have in full
 BODY = ("history", "best", "final", "checkpoints")
 
 _KINDS = {"stage": str, "dataset": str, "method": str, "class_names": list, "mean": list, "std": list,
-          "config": dict, "params": dict, "history": list, "best": dict, "final": dict, "checkpoints": dict}
+          "config": dict, "params": dict, "selected_on": str, "history": list, "best": dict, "final": dict,
+          "checkpoints": dict}
 _JSON_KIND = {str: "a string", list: "a list", dict: "an object"}
 
 
@@ -76,6 +82,7 @@ class RunRecord:
     std: list | None = None
     config: dict | None = None
     params: dict | None = None
+    selected_on: str | None = None
     history: list = field(default_factory=list)
     best: dict | None = None
     final: dict | None = None
@@ -84,25 +91,32 @@ class RunRecord:
 
     @classmethod
     def header(cls, *, stage: str, dataset: str, method: str, class_names: Sequence[str],
-               mean: Iterable[float], std: Iterable[float], config: dict, params: ParamCount) -> RunRecord:
+               mean: Iterable[float], std: Iterable[float], config: dict, params: ParamCount,
+               selected_on: str | None = None) -> RunRecord:
         """The record of a run about to train: what it trains on and with, nothing trained yet."""
         return cls(stage=stage, dataset=dataset, method=method, class_names=class_names, mean=list(mean),
                    std=list(std), config=config,
                    params={"trainable": params.trainable, "total": params.total, "head": params.head,
-                           "without_head": params.without_head})
+                           "without_head": params.without_head}, selected_on=selected_on)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         """The record of a ``run.json`` object (or of a resume checkpoint's ``meta``), as it is:
         nothing is checked (:func:`read_record` checks what its caller needs)."""
-        known = {k: data[k] for k in HEADER + BODY if k in data}
+        fields = HEADER + (SELECTION,) + BODY
+        known = {k: data[k] for k in fields if k in data}
         if known.get("history") is None:
             known.pop("history", None)
-        return cls(**known, extra={k: v for k, v in data.items() if k not in HEADER and k not in BODY})
+        return cls(**known, extra={k: v for k, v in data.items() if k not in fields})
+
+    @property
+    def best_selected_on(self) -> str:
+        """``selected_on``; a record written before it had its best chosen on test."""
+        return self.selected_on or "test"
 
     def meta(self) -> dict:
         """The header as a dict (``run.json`` without the body; a resume checkpoint's ``meta``)."""
-        out = {k: getattr(self, k) for k in HEADER if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in HEADER + (SELECTION,) if getattr(self, k) is not None}
         out.update(self.extra)
         return out
 
@@ -157,4 +171,4 @@ def read_record(run: str | os.PathLike, *, require: Sequence[str] = ()) -> RunRe
     return RunRecord.from_dict(data)
 
 
-__all__ = ["BODY", "HEADER", "RUN_RECORD", "RunRecord", "read_record", "record_path", "write_record"]
+__all__ = ["BODY", "HEADER", "RUN_RECORD", "SELECTION", "RunRecord", "read_record", "record_path", "write_record"]

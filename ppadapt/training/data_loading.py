@@ -22,6 +22,7 @@ class StageData:
     sampler: EpochBatchSampler
     train_loader: paddle.io.DataLoader
     test_loader: paddle.io.DataLoader
+    val_loader: paddle.io.DataLoader | None = None  # val_split / val_dir: chooses the best epoch
 
     @property
     def num_classes(self) -> int:
@@ -54,8 +55,11 @@ def load_datasets(plan: StagePlan, log: Callable[[str], None]) -> DatasetBundle:
     data = build_datasets(st.dataset, role=plan.stage, img_size=plan.cfg.model.img_size,
                           data_file=st.data_file, data_dir=st.data_dir, classes=st.classes,
                           augment=st.augment, normalization=norm[:2] if norm else None,
-                          pipeline=stage_pipeline(plan.cfg, plan.stage))
-    log(f"{plan.stage}: {st.dataset}, {len(data.train)} train / {len(data.test)} test images, "
+                          pipeline=stage_pipeline(plan.cfg, plan.stage),
+                          val_split=st.val_split, val_dir=st.val_dir, seed=plan.cfg.seed)
+    val = "" if data.val is None else (f" / {len(data.val)} val ("
+                                       + (f"val_split {st.val_split:g}" if st.val_split else st.val_dir) + ")")
+    log(f"{plan.stage}: {st.dataset}, {len(data.train)} train{val} / {len(data.test)} test images, "
         f"{data.num_classes} classes")
     if norm and not plan.resumed:
         log(f"normalisation: mean {tuple(data.mean)}, std {tuple(data.std)} ({norm[2]})")
@@ -79,4 +83,8 @@ def make_loaders(plan: StagePlan, data: DatasetBundle, rank: int, nranks: int) -
     else:
         test_loader = paddle.io.DataLoader(data.test, batch_size=st.batch_size, shuffle=False,
                                            num_workers=st.num_workers)
-    return StageData(data, sampler, train_loader, test_loader)
+    val_loader = None
+    if data.val is not None:  # every rank evaluates all of it: the same choice of best on every rank
+        val_loader = paddle.io.DataLoader(data.val, batch_size=st.batch_size, shuffle=False,
+                                          num_workers=st.num_workers)
+    return StageData(data, sampler, train_loader, test_loader, val_loader)

@@ -24,6 +24,7 @@ from ..models.vit import VisionTransformer
 from ..runs.adapter_file import load_adapter
 from ..runs.checkpoint import load_weights
 from ..runs.pretrained import load_pretrained
+from ..runs.record import RunRecord
 from ..utils.files import ensure_writable
 from .data_loading import load_datasets, make_loaders
 from .distributed import rank_and_size
@@ -41,6 +42,7 @@ class StageResult:
     best: dict = field(default_factory=dict)
     final: dict = field(default_factory=dict)
     seconds: float = 0.0
+    selected_on: str = "test"  # the split that chose ``best`` (run.json's ``selected_on``)
 
 
 def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print, verbose: int = 2,
@@ -74,7 +76,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print, ve
     trainer.finish(log)
     saver = trainer.saver
     result = StageResult(plan.run_dir, params, saver.history, saver.best or {}, saver.final or {},
-                         time.time() - start)
+                         time.time() - start, saver.header.best_selected_on)
     log(summary_lines(result, trainer.topk[1]))
     return result
 
@@ -136,21 +138,30 @@ def _already_finished(point: ResumePoint, log: Callable[[str], None]) -> StageRe
     params = ParamCount(trainable=int(counts.get("trainable", 0)), total=int(counts.get("total", 0)),
                         trainable_bytes=4 * int(counts.get("trainable", 0)), head=int(counts.get("head", 0)))
     result = StageResult(point.run_dir, params, list(record.get("history") or []), record.get("best") or {},
-                         record.get("final") or {}, 0.0)
+                         record.get("final") or {}, 0.0, RunRecord.from_dict(meta).best_selected_on)
     log(f"nothing to resume: {point.run_dir} finished all {point.epochs} epochs")
     log(summary_lines(result, min(5, len(meta.get("class_names") or [None] * 5))))
     return result
 
 
 def summary_lines(result: StageResult, k: int) -> str:
-    def fmt(entry: dict) -> str:
+    """The end of a run's log: best and final test accuracy, the split that chose best, the files.
+
+    The best line says ``selected on test`` (no validation split: an optimistic number) or
+    ``selected on val`` (its test numbers at the best validation epoch, and that val top-1)."""
+    def fmt(entry: dict, best: bool = False) -> str:
         if not entry:
             return "n/a"
-        return (f"top-1 {100 * entry['acc_top1']:.2f}%, top-{k} {100 * entry.get(f'acc_top{k}', float('nan')):.2f}%"
-                f" (epoch {entry['epoch'] + 1})")
+        text = (f"top-1 {100 * entry['acc_top1']:.2f}%, top-{k} {100 * entry.get(f'acc_top{k}', float('nan')):.2f}%"
+                f" (epoch {entry['epoch'] + 1}")
+        val = entry.get("val_acc_top1")
+        if best:
+            text += f", selected on {result.selected_on}"
+            return text + (f": val top-1 {100 * val:.2f}%)" if val is not None else ")")
+        return text + (f"; val top-1 {100 * val:.2f}%)" if val is not None else ")")
     out = result.run_dir
     return "\n".join([
-        f"best eval:  {fmt(result.best)}",
+        f"best eval:  {fmt(result.best, best=True)}",
         f"final eval: {fmt(result.final)}",
         f"checkpoints: {out / 'best.pdparams'}, {out / 'final.pdparams'} (run record: {out / 'run.json'})",
         f"VisualDL logs: {out / 'vdl'}  (view: visualdl --logdir {out.parent} --language en)",

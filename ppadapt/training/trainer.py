@@ -22,7 +22,7 @@ from ..runs.checkpoint import atomic_save
 from ..runs.record import RunRecord
 from ..runs.resume_file import RESUME_FILE, TOOLS
 from .callbacks import (AdaptationMonitor, BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean,
-                        TrainingGuard, VisualDLLogger)
+                        TrainingGuard, ValidationEval, VisualDLLogger)
 from .callbacks.adaptation import probe_batch
 from .data_loading import StageData
 from .loss import make_loss
@@ -44,7 +44,8 @@ def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> RunRe
     return RunRecord.header(stage=stage, dataset=cfg.stage(stage).dataset,
                             method=transfer_method(cfg) if stage == "transfer" else "full",
                             class_names=data.class_names, mean=data.mean, std=data.std,
-                            config=cfg.to_dict(), params=params)
+                            config=cfg.to_dict(), params=params,
+                            selected_on="test" if data.val_loader is None else "val")
 
 
 class Trainer:
@@ -73,8 +74,11 @@ class Trainer:
         self.net.prepare(self.optimizer, loss, paddle.metric.Accuracy(topk=self.topk))
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
+        # val_split / val_dir: evaluated after each test evaluation, it chooses the best epoch
+        validation = None if data.val_loader is None else ValidationEval(data.val_loader, self.topk)
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
-                                            resume_path=str(self.resume_path), eval_loss=eval_loss)
+                                            resume_path=str(self.resume_path), eval_loss=eval_loss,
+                                            validation=validation)
         self.lr = lr_callback(cfg, stage, self.steps, nranks=nranks)
         paddle_rng = metric_states = None
         if plan.resumed:
@@ -98,7 +102,8 @@ class Trainer:
                           self.lr,
                           EpochSetup(data.sampler, cfg.seed, rank, start_epoch=plan.start_epoch, skip=plan.skip,
                                      paddle_rng=paddle_rng, metric_states=metric_states),
-                          eval_loss, self.vdl, self.saver, self.guard, self.adapt, *callbacks]
+                          eval_loss, self.vdl, *([validation] if validation else []), self.saver, self.guard,
+                          self.adapt, *callbacks]
 
     def _restore(self, rank: int, log: Callable[[str], None]) -> tuple:
         """Put a resume checkpoint's optimizer, schedule, record and generators back; returns

@@ -19,7 +19,14 @@ batch), ``lr`` (at the end of the epoch), ``train_seconds``, and, when the epoch
 was evaluated, ``eval_loss`` (mean over the eval set), the eval metrics under their
 own names (``acc_top1``, ``acc_top5``, ...) and ``epoch_seconds`` (train + eval); other
 callbacks add theirs with :meth:`BestAndFinalCheckpoint.add_to_epoch` (``adapt_*``: see
-:mod:`.adaptation`).
+:mod:`.adaptation`). The eval set is ``fit``'s ``eval_data``: the test set in a training run.
+
+With a validation split (``validation``, a :class:`~.validation.ValidationEval` listed
+before this callback) each evaluated entry also has ``val_loss``, ``val_acc_top1``, ...,
+and ``best`` is the epoch with the best validation value of ``monitor`` (ties: the
+earlier epoch); its unprefixed numbers are the test set's at that epoch, the ones a run
+reports. Without one, ``best`` is chosen on the eval (test) set itself: run.json says
+which (``selected_on``, from the record's header).
 
 Paddle quirks handled here: ``fit`` passes one shared ``logs`` dict to every
 callback, overwritten by evaluation batches, so values are copied when seen; the
@@ -43,6 +50,7 @@ import paddle
 from ...runs.checkpoint import atomic_save
 from ...runs.record import RUN_RECORD, RunRecord, write_record
 from .loss import EvalLossMean, LossMean, eval_loss_source, log_value
+from .validation import ValidationEval
 
 
 def _metrics(logs: dict, names: list[str]) -> dict:
@@ -56,15 +64,18 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
 
     def __init__(self, run_dir: str, meta: RunRecord | dict | None = None, monitor: str = "acc_top1", *,
                  start_epoch: int = 0, resume_path: str | None = None,
-                 eval_loss: EvalLossMean | None = None) -> None:
+                 eval_loss: EvalLossMean | None = None, validation: ValidationEval | None = None) -> None:
         """``start_epoch``: epochs done before this ``fit`` call (a resumed run);
         ``resume_path``: the run's resumable checkpoint, listed in run.json;
-        ``eval_loss``: the shared eval-loss mean (None: this callback keeps its own)."""
+        ``eval_loss``: the shared eval-loss mean (None: this callback keeps its own);
+        ``validation``: the validation split's evaluation; best is then chosen on its
+        ``val_<monitor>``."""
         super().__init__()
         self.run_dir = run_dir
         # the record's header (RunRecord.header), or a resume checkpoint's meta dict
         self.header = meta if isinstance(meta, RunRecord) else RunRecord.from_dict(meta or {})
-        self.monitor = monitor
+        self.validation = validation
+        self.monitor = monitor if validation is None else f"val_{monitor.removeprefix('eval_')}"
         self.best_path = os.path.join(run_dir, "best.pdparams")
         self.final_path = os.path.join(run_dir, "final.pdparams")
         self.json_path = os.path.join(run_dir, RUN_RECORD)
@@ -185,6 +196,8 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         if eval_loss is None:
             eval_loss = log_value(logs.get("loss"))
         metrics = _metrics(logs, self._eval_names)
+        if self.validation is not None:
+            metrics.update(self.validation.last or {})
         entry.update({"eval_loss": eval_loss, **metrics,
                       "epoch_seconds": round(time.perf_counter() - self._epoch_start, 3)})
         value = eval_loss if self.monitor in ("loss", "eval_loss") else metrics.get(self.monitor)
