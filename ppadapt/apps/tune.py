@@ -38,7 +38,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ..config import Config, config_from_dict, parse_scalar, set_value, transfer_method, validate
 from ..config.flags import FLAGS
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tune.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Choose hyper-parameters per method on a validation split, then report the chosen setting's "
                     "test top-1 over several seeds.\n\n"
-                    "  python ppadapt/tune.py --dataset digits --methods linear,adaptformer,lora \\\n"
+                    "  python ppadapt/tune.py --dataset digits --methods linear,bitfit,lora \\\n"
                     "      --grid lr=0.01,0.03,0.1 --grid weight_decay=0,5e-4 --seeds 3\n\n"
                     "Each grid point trains on the training set minus --val-split and is scored there; the chosen "
                     "one is retrained on the full training set once per seed and its final test top-1 reported. "
