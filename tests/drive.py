@@ -1,7 +1,7 @@
-"""Runs ``train.py`` / ``transfer.py`` in this process with test callbacks, through the
-public ``callbacks=`` seam of :func:`ppadapt.apps.cli.train_main` (no test hooks in the library).
+"""Runs ``train.py`` / ``transfer.py`` / ``tune.py`` in this process with test callbacks, through
+the public ``callbacks=`` seam of :func:`ppadapt.apps.cli.train_main` (no test hooks in the library).
 
-    python tests/drive.py [--pause-at E:B --pause-file F] [--dump-dir D] {train|transfer} ARGS...
+    python tests/drive.py [--pause-at E:B --pause-file F] [--dump-dir D] {train|transfer|tune} ARGS...
 
 ``--pause-at E:B``: before batch B of epoch E (0-based, counted from the start of this
 process's fit), create file F (holding the pid) and wait until SIGINT (or a kill), so a
@@ -23,6 +23,7 @@ import ppadapt  # noqa: E402,F401  (first: its thread settings only work before 
 import paddle  # noqa: E402
 
 from ppadapt.apps.cli import train_main, transfer_main  # noqa: E402
+from ppadapt.apps.tune import tune_main  # noqa: E402
 from ppadapt.runs.checkpoint import atomic_save  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pause-at", metavar="E:B")
     parser.add_argument("--pause-file", type=Path)
     parser.add_argument("--dump-dir", type=Path)
-    parser.add_argument("tool", choices=("train", "transfer"))
+    parser.add_argument("tool", choices=("train", "transfer", "tune"))
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     callbacks = []
@@ -80,7 +81,8 @@ def main(argv: list[str]) -> int:
         callbacks.append(PauseAt(epoch, batch, opts.pause_file))
     if opts.dump_dir:
         callbacks.append(DumpWeights(opts.dump_dir))
-    return {"train": train_main, "transfer": transfer_main}[opts.tool](opts.args, callbacks=callbacks)
+    tools = {"train": train_main, "transfer": transfer_main, "tune": tune_main}
+    return tools[opts.tool](opts.args, callbacks=callbacks)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import paddle
 import pytest
 
 from cifar_archive import write_cifar_archive
@@ -48,6 +47,14 @@ def table(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("| ")]
 
 
+ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+
+
+def run_tune(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "ppadapt" / "tune.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, env=ENV, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     return write_cifar_archive(tmp_path_factory.mktemp("data") / "cifar-10-python.tar.gz", "cifar10",
@@ -60,9 +67,7 @@ def searched(archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
     args = tiny_args(archive, out, "--methods", ",".join(METHODS), "--grid", "lr=0.03,0.3", "--seeds", "2",
                      "--json", str(out / "tune.json"), "--csv", str(out / "tune.csv"))
-    proc = subprocess.run([sys.executable, str(REPO / "ppadapt" / "tune.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=600,
-                          env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)})
+    proc = run_tune(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout, json.loads((out / "tune.json").read_text())
 
@@ -115,37 +120,39 @@ def test_a_rerun_skips_every_finished_run(searched, archive, capsys):
     assert seconds < 30  # nothing trains: reading the configs and records only
 
 
-class SigintOnce(paddle.callbacks.Callback):
-    """Ctrl-C (a SIGINT to this process) before batch 1 of epoch 1 of the first run it sees."""
-
-    fired = False
-
-    def on_epoch_begin(self, epoch=None, logs=None) -> None:
-        self.epoch = epoch or 0
-
-    def on_train_batch_begin(self, step, logs=None) -> None:
-        if not SigintOnce.fired and (self.epoch, step) == (1, 1):
-            SigintOnce.fired = True
-            signal.raise_signal(signal.SIGINT)
-
-
-def test_an_interrupted_search_continues_where_it_stopped(searched, archive, tmp_path, capsys):
+def test_an_interrupted_search_continues_where_it_stopped(searched, archive, tmp_path):
+    """Ctrl-C in epoch 2 of the first run (tests/drive.py parks it there), then the same
+    command again: that run resumes mid-epoch, the rest train; all end bit-identical to the
+    uninterrupted search's runs."""
     reference, _, _ = searched
     args = tiny_args(archive, tmp_path, "--methods", "linear", "--grid", "lr=0.03,0.3", "--seeds", "2")
-    assert tune_main(args, callbacks=[SigintOnce()]) == 130
-    err = capsys.readouterr().err.strip().splitlines()
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "drive.py"), "--pause-at", "1:1", "--pause-file",
+                             str(marker), "tune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=ENV)
+    deadline = time.time() + 300
+    while not marker.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"never reached epoch 2: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: saved a resumable checkpoint at epoch 2/2, batch 2/3")
+    assert last.endswith("; or run the same tune.py command again: finished runs are skipped and this one "
+                         "continues")
     first = folders(tmp_path, "linear")[0]
-    assert err[-1].startswith(f"interrupted: saved a resumable checkpoint at epoch 2/2, batch 2/")
-    assert err[-1].endswith("; or run the same tune.py command again: finished runs are skipped and this one "
-                            "continues")
     assert json.loads((first / "run.json").read_text())["final"] is None
 
-    assert tune_main(args) == 0
-    printed = capsys.readouterr().out
-    assert "grid 1/2 lr=0.03: resumed" in printed and printed.count(": trained, ") == 3
+    again = run_tune(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "grid 1/2 lr=0.03: resumed" in again.stdout and again.stdout.count(": trained, ") == 3
     for mine, theirs in zip(folders(tmp_path, "linear"), folders(reference, "linear")):
-        a, b = (load_state_dict(str(f / "final.pdparams")) for f in (mine, theirs))
-        assert all(np.array_equal(np.array(a[k]), np.array(b[k])) for k in b), mine.name
+        for name in ("final.pdparams", "best.pdparams"):
+            a, b = (load_state_dict(str(f / name)) for f in (mine, theirs))
+            assert all(np.array_equal(np.array(a[k]), np.array(b[k])) for k in b), (mine.name, name)
 
 
 @pytest.mark.parametrize("extra, message", [
