@@ -15,6 +15,8 @@ TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.
 PRESETS = {
     "adaptformer_paper": ("MAE_vit_base_patch16", "cifar100",
                           "trainable parameters: 11,684 of 43,908 (26.61%), 0.04 MiB; 8,384 without the head"),
+    "vpetl": ("ViT_base_patch16_224", "cifar100",
+              "trainable parameters: 11,684 of 43,908 (26.61%), 0.04 MiB; 8,384 without the head"),
 }
 
 
@@ -40,6 +42,7 @@ def argv(name: str, *extra: str, tiny: bool = True) -> list[str]:
 def test_the_preset_loads_and_counts(name, capsys):
     cfg = load_config(CONFIG_DIR / f"{name}.yaml", stage="transfer")
     assert cfg.name == name and cfg.transfer.dataset == PRESETS[name][1]
+    assert cfg.model.backbone == PRESETS[name][0] and cfg.model.carry == {}
     assert transfer_main(argv(name, "--dry-run")) == 0
     assert PRESETS[name][2] in capsys.readouterr().out
 
@@ -54,6 +57,14 @@ def test_adaptformer_paper_at_full_size(capsys):
     assert transfer_main(["--config", str(CONFIG_DIR / "adaptformer_paper.yaml"), "--pretrained", "none",
                           "--dry-run"]) == 0
     assert "trainable parameters: 1,266,532 of 87,065,188" in capsys.readouterr().out
+
+
+def test_vpetl_recipe():
+    cfg = load_config(CONFIG_DIR / "vpetl.yaml", stage="transfer")
+    t = cfg.transfer
+    assert cfg.model.drop_path_rate == 0.1
+    assert (t.optimizer, t.lr, t.weight_decay, t.label_smoothing, t.epochs, t.warmup_epochs, t.batch_size) == \
+        ("adamw", 1e-3, 1e-4, 0.1, 100, 10, 64)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
