@@ -15,6 +15,9 @@ TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.
 PRESETS = {
     "adaptformer_paper": ("MAE_vit_base_patch16", "cifar100",
                           "trainable parameters: 11,684 of 43,908 (26.61%), 0.04 MiB; 8,384 without the head"),
+    # BiT's rule trains CIFAR at 128 px: the tiny model's position embedding is 16x16 + 1 tokens
+    "bit_hyperrule": ("ViT_base_patch16_224", "cifar100",
+                      "trainable parameters: 43,204 of 43,204 (100.00%), 0.16 MiB; 39,904 without the head"),
     "vpetl": ("ViT_base_patch16_224", "cifar100",
               "trainable parameters: 11,684 of 43,908 (26.61%), 0.04 MiB; 8,384 without the head"),
 }
@@ -65,6 +68,21 @@ def test_vpetl_recipe():
     assert cfg.model.drop_path_rate == 0.1
     assert (t.optimizer, t.lr, t.weight_decay, t.label_smoothing, t.epochs, t.warmup_epochs, t.batch_size) == \
         ("adamw", 1e-3, 1e-4, 0.1, 100, 10, 64)
+
+
+def test_bit_hyperrule_recipe(capsys):
+    cfg = load_config(CONFIG_DIR / "bit_hyperrule.yaml", stage="transfer")
+    t = cfg.transfer
+    assert (cfg.method.name, cfg.model.head_init, t.optimizer, t.momentum, t.weight_decay) == \
+        ("full", "zero", "momentum", 0.9, 0.0)
+    assert t.lr * t.batch_size / 256 == pytest.approx(0.003)  # BiT's 0.003 at batch 512, by lr_scale
+    assert (t.lr_scale, t.schedule, t.decay_at, t.decay_factor, t.warmup_steps) == \
+        ("linear256", "step_decay", [0.3, 0.6, 0.9], 0.1, 500)
+    assert (t.resolution, t.augmentation, t.mixup_alpha) == ("bit", "crop_flip", 0.1)
+    assert t.epochs == 102  # 10k steps of 512 on CIFAR's 50,000 images
+    # full size: ViT-B/16 at BiT's 128 px for CIFAR (an 8x8 grid), fully trainable
+    assert transfer_main(argv("bit_hyperrule", "--dry-run", tiny=False)) == 0
+    assert "trainable parameters: 85,774,180 of 85,774,180 (100.00%)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
