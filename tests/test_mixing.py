@@ -2,7 +2,6 @@
 training stage that learns with it and resumes bit-identically, and the config's checks."""
 from __future__ import annotations
 
-import signal
 
 import numpy as np
 import paddle
@@ -19,6 +18,7 @@ from ppadapt.training.data_loading import load_datasets, make_loaders
 from ppadapt.training.engine import run_stage
 from ppadapt.training.mixing import SoftTargetLoss, soft_target_loss
 from ppadapt.training.plan import plan_stage
+from tiny import InterruptAt
 
 
 def batch(n=8, classes=4, size=16, epoch=2, index=5, seed=0):
@@ -205,21 +205,6 @@ def test_the_train_loader_mixes_and_the_eval_loader_does_not(tmp_path, archive):
     assert next(iter(data.sampler))[0] == (0, next(iter(data.sampler))[0][1])  # (epoch, index) keys as before
     _, labels = next(iter(data.train_loader))
     assert labels.dtype == paddle.int64 and labels.shape == [32, 1]
-
-
-class InterruptAt(paddle.callbacks.Callback):
-    """Ctrl-C (SIGINT to this process) before batch ``batch`` of epoch ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), 0
-
-    def on_epoch_begin(self, epoch=None, logs=None) -> None:
-        self.epoch = epoch or 0
-
-    def on_train_batch_begin(self, step, logs=None) -> None:
-        if (self.epoch, step) == self.at:
-            signal.raise_signal(signal.SIGINT)
 
 
 def weights(run_dir, name="final.pdparams"):

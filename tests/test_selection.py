@@ -4,7 +4,6 @@ and run.json, the summary and report.py say which split chose best."""
 from __future__ import annotations
 
 import json
-import signal
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ppadapt.errors import DataError, TrainingInterrupted
 from ppadapt.runs.checkpoint import load_state_dict
 from ppadapt.training.callbacks import BestAndFinalCheckpoint
 from ppadapt.training.engine import run_stage
+from tiny import InterruptAt
 
 TINY = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "transfer.pretrained=none", "epochs=3",
         "batch_size=64", "warmup_steps=2"]
@@ -194,27 +194,12 @@ def test_a_run_with_val_split_records_and_labels_its_choice(tmp_path):
     assert "chosen on test, no val_split: an optimistic estimate" in both
 
 
-class SigintAt(paddle.callbacks.Callback):
-    """Sends this process a SIGINT (what Ctrl-C does) before batch ``batch`` of epoch ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), 0
-
-    def on_epoch_begin(self, epoch=None, logs=None) -> None:
-        self.epoch = epoch or 0
-
-    def on_train_batch_begin(self, step, logs=None) -> None:
-        if (self.epoch, step) == self.at:
-            signal.raise_signal(signal.SIGINT)
-
-
 def test_a_run_with_val_split_resumed_mid_epoch_is_the_uninterrupted_one(tmp_path):
     stochastic = ("val_split=0.2", "transfer.augment=true", "model.drop_path_rate=0.1", "batch_size=128")
     run_stage(tiny_config(tmp_path / "ref", *stochastic), "transfer", log=lambda line: None, verbose=0)
     cfg = tiny_config(tmp_path / "cut", *stochastic)
     with pytest.raises(TrainingInterrupted, match="at epoch 2/3, batch 2/5"):
-        run_stage(cfg, "transfer", log=lambda line: None, verbose=0, callbacks=[SigintAt(1, 1)])
+        run_stage(cfg, "transfer", log=lambda line: None, verbose=0, callbacks=[InterruptAt(1, 1)])
     run_stage(cfg, "transfer", log=lambda line: None, verbose=0, resume=tmp_path / "cut" / RUN)
     for name in ("final.pdparams", "best.pdparams"):
         ref, cut = (load_state_dict(str(tmp_path / d / RUN / name)) for d in ("ref", "cut"))

@@ -1,6 +1,8 @@
 """Tiny models and random data for fast tests of ``paddle.Model.fit`` loops."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import paddle
 from paddle.static import InputSpec
@@ -39,3 +41,18 @@ def tiny_model(lr: float = 0.1, seed: int = 0) -> paddle.Model:
     model.prepare(paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, parameters=net.parameters()),
                   paddle.nn.CrossEntropyLoss(), paddle.metric.Accuracy(topk=(1, 5)))
     return model
+
+
+class InterruptAt(paddle.callbacks.Callback):
+    """Ctrl-C (SIGINT to this process) before batch ``batch`` of epoch ``epoch`` (0-based, of this fit)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), 0
+
+    def on_epoch_begin(self, epoch=None, logs=None) -> None:
+        self.epoch = epoch or 0
+
+    def on_train_batch_begin(self, step, logs=None) -> None:
+        if (self.epoch, step) == self.at:
+            signal.raise_signal(signal.SIGINT)
