@@ -38,9 +38,13 @@ def tiny_args(archive: Path, out: Path, *extra: str) -> list[str]:
 
 
 def folders(out: Path, method: str) -> list[Path]:
+    """The grid's run folders, then the seed runs' (named by the chosen point)."""
     root = out / "tune" / method
-    return ([root / "grid" / f"{p}_transfer_cifar10_{method}" for p in POINTS]
-            + [root / "seeds" / f"seed{s}_transfer_cifar10_{method}" for s in SEEDS])
+    chosen = json.loads((out / "tune.json").read_text()) if (out / "tune.json").is_file() else None
+    point = chosen["methods"][method]["chosen"] if chosen else None
+    seeds = [root / "seeds" / f"{point}_seed{s}_transfer_cifar10_{method}" for s in SEEDS] if point else \
+        [next((root / "seeds").glob(f"*_seed{s}_transfer_cifar10_{method}")) for s in SEEDS]
+    return [root / "grid" / f"{p}_transfer_cifar10_{method}" for p in POINTS] + seeds
 
 
 def table(stdout: str) -> list[str]:
@@ -153,6 +157,17 @@ def test_an_interrupted_search_continues_where_it_stopped(searched, archive, tmp
         for name in ("final.pdparams", "best.pdparams"):
             a, b = (load_state_dict(str(f / name)) for f in (mine, theirs))
             assert all(np.array_equal(np.array(a[k]), np.array(b[k])) for k in b), (mine.name, name)
+
+
+def test_a_grid_that_chooses_another_point_trains_its_own_seed_runs(archive, tmp_path):
+    """The seed runs' folders name their setting: a second search whose choice differs
+    trains beside the first one's seed runs instead of refusing their folders."""
+    for lr in ("0.03", "0.3"):
+        proc = run_tune(*tiny_args(archive, tmp_path, "--methods", "linear", "--grid", f"lr={lr}", "--seeds", "1"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "seed 1/1 (42): trained" in proc.stdout
+    seeds = sorted(p.name for p in (tmp_path / "tune" / "linear" / "seeds").iterdir())
+    assert seeds == ["lr=0.03_seed42_transfer_cifar10_linear", "lr=0.3_seed42_transfer_cifar10_linear"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -17,10 +17,11 @@ For every method of ``--methods``:
 Every run is an ordinary run folder (run.json, checkpoints, VisualDL logs, ``report.py``):
 
     OUTPUT/tune/<method>/grid/<point>_transfer_<dataset>_<suffix>
-    OUTPUT/tune/<method>/seeds/seed<N>_transfer_<dataset>_<suffix>
+    OUTPUT/tune/<method>/seeds/<point>_seed<N>_transfer_<dataset>_<suffix>
 
 ``<point>`` is the setting, e.g. ``lr=0.01,weight_decay=0`` (``default`` with no
-``--grid``). Running the same command again skips each run whose run.json says it
+``--grid``); a seed run's folder names its setting too, so a wider grid that chooses
+another point trains new seed runs beside the old ones. Running the same command again skips each run whose run.json says it
 finished, resumes an unfinished one from its ``resume.pdckpt`` (restarts it when it has
 none yet), and refuses a folder that holds a run with other settings. Runs train in this
 process, one config each, through :func:`ppadapt.training.engine.run_stage`.
@@ -254,7 +255,7 @@ def tune(args: argparse.Namespace, methods: Sequence[str], points: Sequence[Poin
         say(f"tune: {method}: chose {result.chosen.label}")
         for j, seed in enumerate(seeds, 1):
             cfg = run_config(args, method, result.chosen.items, seed=seed, val_split=0.0,
-                             output=root / method / "seeds", name=f"seed{seed}")
+                             output=root / method / "seeds", name=f"{result.chosen.label}_seed{seed}")
             record, status = ensure_run(cfg, log=run_log, verbose=verbose, callbacks=callbacks)
             if record.params:
                 result.params_without_head = int(record.params.get("without_head",

@@ -17,8 +17,10 @@ import yaml
 
 from ..errors import ConfigError, LegacyConfigNote
 from .legacy import LegacyReader
-from .schema import (Config, MethodSection, ModelSection, coerce, field_names, field_types, parse_scalar,
-                     unknown_key)
+from .recipes import apply_recipe, checked_recipes
+from .schema import (Config, MethodSection, ModelSection, TransferConfig, coerce, field_names, field_types,
+                     parse_scalar, unknown_key)
+from .tuning import transfer_method
 from .validation import validate
 
 
@@ -30,6 +32,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     command lines' other flags), then validate.
 
     In an override, a stage key without a section (``lr=0.1``) applies to ``stage``.
+    The transfer method's recipe (``transfer.by_method``, :mod:`.recipes`) is applied after
+    the overrides, to the transfer keys they do not set, and before ``then``.
     Keys of an older config form (``adapter.*``) are read as the current ones, with one
     :class:`~ppadapt.errors.LegacyConfigNote` per load, issued once the config is valid.
     """
@@ -53,6 +57,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         legacy.keep_geometry(cfg, data)
     for key, value in preset:
         set_value(cfg, key, value, stage=stage)
+    explicit = []
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -62,7 +67,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             legacy.set_key(key, parse_scalar(raw), source="-o")
         else:
             set_value(cfg, key, parse_scalar(raw), stage=stage, source="-o")
+            explicit.append(_full_key(cfg, key, stage))
     note = legacy.resolve(cfg)
+    apply_recipe(cfg, transfer_method(cfg), explicit)
     if then is not None:
         then(cfg)
     validate(cfg)
@@ -101,6 +108,9 @@ def set_value(cfg: Config, dotted: str, value: Any, *, stage: str | None = None,
     if len(parts) > 2 and parts[:2] == ["model", "carry"]:
         _set_carried(cfg, parts[2:], value, ".".join(parts))
         return
+    if len(parts) > 2 and parts[:2] == ["transfer", "by_method"]:
+        _set_recipe(cfg, parts[2:], value, ".".join(parts))
+        return
     node = cfg
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(node) or part not in field_names(node):
@@ -113,6 +123,8 @@ def set_value(cfg: Config, dotted: str, value: Any, *, stage: str | None = None,
             value = coerce(value, field_types(node)[part], ".".join(parts))
             if isinstance(node, ModelSection) and part == "carry":
                 value = _carry_mapping(value, ".".join(parts))
+            if isinstance(node, TransferConfig) and part == "by_method":
+                value = checked_recipes(value)
             setattr(node, part, value)
         else:
             node = getattr(node, part)
@@ -168,6 +180,8 @@ def _merge(node: Any, data: dict, prefix: str, source: str) -> None:
             value = coerce(value, field_types(node)[key], dotted)
             if isinstance(node, ModelSection) and key == "carry":
                 value = _carry_mapping(value, dotted)
+            if isinstance(node, TransferConfig) and key == "by_method":
+                value = checked_recipes(value)
             setattr(node, key, value)
 
 
@@ -194,3 +208,24 @@ def _set_carried(cfg: Config, rest: list[str], value: Any, dotted: str) -> None:
         carry.setdefault(name, {})[rest[1]] = value
     else:
         raise ConfigError(f"{dotted}: set one option of a carried method, e.g. model.carry.{name}.{rest[1]}=...")
+
+
+def _set_recipe(cfg: Config, rest: list[str], value: Any, dotted: str) -> None:
+    """``transfer.by_method.NAME`` (a mapping, null: none) or ``transfer.by_method.NAME.KEY``."""
+    recipes = dict(cfg.transfer.by_method)
+    name = rest[0]
+    if len(rest) == 1:
+        recipes.pop(name, None)
+        recipes[name] = value
+    elif len(rest) == 2:
+        recipes[name] = {**(recipes.get(name) or {}), rest[1]: value}
+    else:
+        raise ConfigError(f"{dotted}: set one key of a method's recipe, e.g. transfer.by_method.{name}.{rest[1]}=...")
+    cfg.transfer.by_method = checked_recipes(recipes)
+
+
+def _full_key(cfg: Config, key: str, stage: str | None) -> str:
+    """The dotted name an override sets (a bare stage key belongs to ``stage``)."""
+    if "." not in key and stage and not hasattr(cfg, key) and key in field_names(cfg.stage(stage)):
+        return f"{stage}.{key}"
+    return key

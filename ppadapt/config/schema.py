@@ -114,6 +114,9 @@ class TransferConfig(StageConfig):
     freeze: bool = False  # --freeze: the transfer method is the one that flag stands for
     pretrained: str | None = None  # None: the final checkpoint of this config's pretraining run
     resume_adapter: str | None = None  # an adapter.pdparams to start the method's tensors from
+    # A method's own recipe: {method: {stage key: value}}, applied when that method is the
+    # transfer method (config/recipes.py); a key the command line sets (-o, --lr) wins.
+    by_method: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from ..models.paddleclas_archs import paddleclas_vit_config
 from ..models.vit import HEAD_INITS, HEADS
 from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SCHEDULES,
                      STAGES, Config, ModelSection, StageConfig)
+from .recipes import checked_recipes
 from .tuning import check_methods
 
 
@@ -34,6 +35,7 @@ def validate(cfg: Config) -> None:
         check_augmentation(name, st)
         check_optimization(name, st)
         check_validation(st, name)
+    checked_recipes(cfg.transfer.by_method)
     check_geometry(cfg.model)
     check_head_and_backbone(cfg.model)
     check_methods(cfg)

@@ -13,6 +13,7 @@ import paddle
 from paddle.static import InputSpec
 
 from ..config import Config, transfer_method
+from ..config.recipes import describe_recipe
 from ..errors import CheckpointError, CheckpointWriteError, TrainingError, TrainingInterrupted
 from ..methods import adapter_file_meta
 from ..methods.groups import parameter_groups
@@ -66,6 +67,9 @@ class Trainer:
                                                          "float32", "image")],
                                 labels=[InputSpec([None, 1], "int64", "label")])
         self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
+        recipe = describe_recipe(cfg, transfer_method(cfg)) if stage == "transfer" else None
+        if recipe:
+            log(recipe)
         if st.lr_scale != "none":
             log(f"learning rate {st.lr} x batch {st.batch_size} x {nranks} process(es) / 256 ({st.lr_scale}): "
                 f"{self.optimizer.get_lr():g}")
