@@ -1,15 +1,15 @@
 """Per-method recipes: ``transfer.by_method``, the stage keys one transfer method runs with.
 
-Methods want different optimisation: a frozen backbone's small zero-initialised branches
+Methods want different optimisation: small zero-initialised modules on a frozen backbone
 learn with AdamW where full fine-tuning is well served by the tutorial's SGD. A config
 can therefore give each method its own values of transfer-stage keys::
 
     transfer:
       lr: 0.1                  # every method
       by_method:
-        adaptformer: {optimizer: adamw, lr: 0.01, weight_decay: 0.05}
+        lora: {optimizer: adamw, lr: 0.01, weight_decay: 0.05}
 
-When the transfer method is ``adaptformer`` those keys replace the stage's. They are
+When the transfer method is ``lora`` those keys replace the stage's. They are
 applied while the config is read, after the file and before the command line's flags, so
 a key given with ``-o`` or a flag (``--lr``) still wins. The run's run.json then records
 the values it trained with; a resumed run reads them from its checkpoint and never
