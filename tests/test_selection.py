@@ -15,6 +15,7 @@ from cifar_archive import write_image_folder
 from tiny import tiny_model
 from ppadapt.apps.cli import transfer_main
 from ppadapt.apps.report import load_run, markdown_table
+from ppadapt.apps.vdl import read_scalars
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.data import EvalTransform, build_datasets
 from ppadapt.data.split import check_split, stratified_split, val_count
@@ -176,12 +177,18 @@ def test_a_run_with_val_split_records_and_labels_its_choice(tmp_path):
                           f"(epoch {best['epoch'] + 1}, selected on val: val top-1 {100 * best['val_acc_top1']:.2f}%)")
     final = record["final"]
     assert summary[1].endswith(f"(epoch 3; val top-1 {100 * final['val_acc_top1']:.2f}%)")
+    scalars = read_scalars(tmp_path / "val" / RUN / "vdl")  # VisualDL: val/* per epoch beside eval/*
+    for tag, key in (("val/acc_top1", "val_acc_top1"), ("val/loss", "val_loss"), ("eval/acc_top1", "acc_top1")):
+        steps, values = scalars[tag]
+        assert list(steps) == [0, 1, 2]
+        assert np.allclose(values, [h[key] for h in history], rtol=1e-6), tag
 
     # without val_split: chosen on test as before, now labelled so
     lines.clear()
     run_stage(tiny_config(tmp_path / "test"), "transfer", log=lines.append, verbose=0)
     plain = json.loads((tmp_path / "test" / RUN / "run.json").read_text())
     assert plain["selected_on"] == "test" and "val_acc_top1" not in plain["history"][0]
+    assert not any(tag.startswith("val/") for tag in read_scalars(tmp_path / "test" / RUN / "vdl"))
     assert lines[-1].splitlines()[0].endswith(f"(epoch {plain['best']['epoch'] + 1}, selected on test)")
 
     runs = [load_run(tmp_path / "val" / RUN)]

@@ -79,7 +79,8 @@ class Trainer:
         meta = dict(plan.saved.get("meta") or {}) if plan.resumed else record_header(plan, data, params)
         eval_loss = EvalLossMean()  # one mean of the eval loss, for run.json and VisualDL
         # val_split / val_dir: evaluated after each test evaluation, it chooses the best epoch
-        validation = None if data.val_loader is None else ValidationEval(data.val_loader, self.topk)
+        validation = None if data.val_loader is None else ValidationEval(data.val_loader, self.topk,
+                                                                         start_epoch=plan.start_epoch)
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
                                             resume_path=str(self.resume_path), eval_loss=eval_loss,
                                             validation=validation)
@@ -89,6 +90,8 @@ class Trainer:
             paddle_rng, metric_states = self._restore(rank, log)
         self.vdl = VisualDLLogger(str(out / "vdl"), param_count=params, start_epoch=plan.start_epoch,
                                   start_step=int(plan.saved.get("visualdl_step", 0)), eval_loss=eval_loss)
+        if validation is not None:
+            validation.vdl = self.vdl  # val/* curves beside the test set's eval/*
         # how far each group of trainable weights moved since the run's start (adapt/* tags, run.json)
         method = transfer_method(cfg) if stage == "transfer" else "full"
         self.adapt = AdaptationMonitor(model, parameter_groups(model, method),

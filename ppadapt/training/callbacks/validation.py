@@ -41,13 +41,23 @@ def evaluate_split(network: paddle.nn.Layer, loader: paddle.io.DataLoader, topk:
 class ValidationEval(paddle.callbacks.Callback):
     """After every evaluation of ``fit``: the validation metrics in :attr:`last`, for
     :class:`~.best_final.BestAndFinalCheckpoint` (listed after this callback) to record and
-    choose the best epoch on."""
+    choose the best epoch on, and as VisualDL's ``val/*`` curves beside ``eval/*`` (the
+    test set's) when :attr:`vdl` is set (a :class:`~.visualdl_logger.VisualDLLogger`)."""
 
-    def __init__(self, loader: paddle.io.DataLoader, topk: tuple[int, ...]) -> None:
+    def __init__(self, loader: paddle.io.DataLoader, topk: tuple[int, ...], start_epoch: int = 0) -> None:
         super().__init__()
         self.loader = loader
         self.topk = tuple(topk)
+        self.start_epoch = start_epoch
+        self.epoch = 0
+        self.vdl = None
         self.last: dict[str, float] | None = None
+
+    def on_epoch_begin(self, epoch=None, logs=None) -> None:
+        self.epoch = epoch or 0
 
     def on_eval_end(self, logs=None) -> None:
         self.last = evaluate_split(self.model.network, self.loader, self.topk)
+        if self.vdl is not None:
+            self.vdl.add_scalars({f"val/{k[len('val_'):]}": v for k, v in self.last.items()},
+                                 self.start_epoch + self.epoch)

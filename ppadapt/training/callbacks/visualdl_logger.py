@@ -17,7 +17,8 @@ What this class adds:
   passes only the *last* eval batch's loss in the eval logs, so the parent alone
   would plot the loss of one (possibly tiny) batch;
 * :meth:`VisualDLLogger.add_scalars`: other callbacks' scalars in the same file (one
-  log file per run: VisualDL shows only a directory's newest), e.g. ``adapt/*`` per epoch.
+  log file per run: VisualDL shows only a directory's newest), e.g. ``adapt/*`` and the
+  validation split's ``val/*`` per epoch.
 
 Resuming: ``start_epoch`` and ``start_step`` (epochs and batches done before this
 ``fit`` call) continue the eval and train step numbers of the interrupted run in the same
@@ -41,7 +42,7 @@ from visualdl import LogReader, LogWriter
 from ...methods.trainable import ParamCount, count_parameters
 from .loss import EvalLossMean, eval_loss_source
 
-PER_EPOCH = ("eval/", "adapt/")  # tags logged at step = epoch (0-based); train/* at step = batch
+PER_EPOCH = ("eval/", "val/", "adapt/")  # tags logged at step = epoch (0-based); train/* at step = batch
 
 
 class VisualDLLogger(paddle.callbacks.VisualDL):
