@@ -76,13 +76,36 @@ def test_bit_hyperrule_recipe(capsys):
     assert (cfg.method.name, cfg.model.head_init, t.optimizer, t.momentum, t.weight_decay) == \
         ("full", "zero", "momentum", 0.9, 0.0)
     assert t.lr * t.batch_size / 256 == pytest.approx(0.003)  # BiT's 0.003 at batch 512, by lr_scale
-    assert (t.lr_scale, t.schedule, t.decay_at, t.decay_factor, t.warmup_steps) == \
-        ("linear256", "step_decay", [0.3, 0.6, 0.9], 0.1, 500)
-    assert (t.resolution, t.augmentation, t.mixup_alpha) == ("bit", "crop_flip", 0.1)
-    assert t.epochs == 102  # 10k steps of 512 on CIFAR's 50,000 images
-    # full size: ViT-B/16 at BiT's 128 px for CIFAR (an 8x8 grid), fully trainable
+    assert (t.lr_scale, t.schedule, t.decay_factor) == ("linear256", "bit_hyperrule", 0.1)
+    assert (t.resolution, t.augmentation) == ("bit", "crop_flip")
+    # full size: ViT-B/16 at BiT's 128 px for CIFAR (an 8x8 grid), fully trainable; the dry run
+    # says that the rule decides the schedule once the training set is loaded
     assert transfer_main(argv("bit_hyperrule", "--dry-run", tiny=False)) == 0
-    assert "trainable parameters: 85,774,180 of 85,774,180 (100.00%)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "trainable parameters: 85,774,180 of 85,774,180 (100.00%)" in out and "schedule" not in out
+    assert ("note: transfer.schedule bit_hyperrule: epochs, warm-up, LR decay steps and MixUp are decided from the "
+            "number of training images when the run has loaded them") in err
+
+
+def test_bit_hyperrule_decides_the_schedule_from_the_loaded_training_set(tmp_path):
+    """The preset on a CIFAR-100 look-alike: 2 classes of 4 images, batch 8, is BiT's smallest
+    schedule, one batch an epoch; nothing is trained."""
+    from ppadapt.training.data_loading import load_datasets
+    from ppadapt.training.plan import plan_stage, settle_schedule
+
+    archive = write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", "cifar100", train_per_class=4,
+                                  test_per_class=1)
+    cfg = load_config(CONFIG_DIR / "bit_hyperrule.yaml",
+                      [*TINY, "transfer.pretrained=none", f"transfer.data_file={archive}", "transfer.classes=[0, 1]",
+                       "transfer.batch_size=8", f"output={tmp_path / 'out'}"], stage="transfer")
+    lines = []
+    plan = plan_stage(cfg, "transfer", log=lines.append)
+    plan = settle_schedule(plan, len(load_datasets(plan, lines.append).train), 1, lines.append)
+    t = plan.cfg.transfer
+    assert (t.schedule, t.epochs, t.warmup_steps, t.decay_at, t.mixup_alpha) == \
+        ("step_decay", 500, 100, [0.4, 0.6, 0.8], 0.0)
+    assert lines[-1] == ("transfer.schedule bit_hyperrule: 8 training images (< 20k): 500 steps = 500 epochs of 1 "
+                         "batch, warm-up 100, LR x0.1 at steps 200, 300, 400; MixUp off")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -93,5 +116,7 @@ def test_one_real_training_step(name, tmp_path):
     losses = Losses()
     extra = ["--data-file", str(archive), "--output", str(tmp_path / "out"), "--quiet", "-o", "transfer.epochs=1",
              "-o", "transfer.classes=[0, 1]", "-o", "transfer.batch_size=8"]
+    if name == "bit_hyperrule":  # the rule would train its 500 steps: one epoch of step decay instead
+        extra += ["-o", "transfer.schedule=step_decay"]
     assert transfer_main(argv(name, *extra), callbacks=[losses]) == 0
     assert len(losses.losses) == 1 and math.isfinite(losses.losses[0])  # 8 images, one batch of 8

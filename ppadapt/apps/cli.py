@@ -6,9 +6,11 @@ ends the program with one ``error:`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
-from ..config import CONFIG_DIR, Config, load_config, parse_scalar, set_backbone, set_value, validate
+from ..config import (CONFIG_DIR, SCHEDULE_RULES, Config, load_config, parse_scalar, set_backbone, set_value,
+                      validate)
 from ..config.flags import apply_flags, explicit_keys, presets
 from ..data.bundle import class_count
 from ..data.resolution import resolve_resolution
@@ -64,10 +66,11 @@ def load_tool_config(args: argparse.Namespace, stage: str, dataset: str | None) 
     if path is None:
         path = CONFIG_DIR / ("digits.yaml" if dataset == "digits" else "tutorial.yaml")
 
-    def flags(cfg: Config) -> None:  # before the config is validated: --backbone changes the model
-        apply_flags(cfg, args, stage)
+    def flags(cfg: Config) -> list[str]:  # before the config is validated: --backbone changes the model
+        keys = apply_flags(cfg, args, stage)
         if getattr(args, "backbone", None) is not None:
             _use_backbone(cfg, args.backbone, args.override)
+        return keys
 
     return load_config(path, args.override, stage=stage, preset=presets(args, stage), then=flags)
 
@@ -162,6 +165,9 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
             model = build_model(cfg, class_count(cfg, "transfer"))
             apply_transfer_method(model, cfg)
             print(count_parameters(model))
+            if cfg.transfer.schedule in SCHEDULE_RULES:  # on stderr: stdout is the summary alone
+                print(f"note: transfer.schedule {cfg.transfer.schedule}: epochs, warm-up, LR decay steps and MixUp "
+                      "are decided from the number of training images when the run has loaded them", file=sys.stderr)
             return 0
         run_stage(cfg, "transfer", verbose=0 if args.quiet else 2, resume=_resume_point(args, cfg, "transfer"),
                   callbacks=callbacks)

@@ -15,14 +15,14 @@ the closest valid one, never silently ignored.
 """
 from .legacy import legacy_notes
 from .loading import config_from_dict, dump_config, load_config, set_value
-from .schema import (CONFIG_DIR, SCHEDULES, STAGES, Config, MethodSection, ModelSection, PretrainConfig,
-                     StageConfig, TransferConfig, coerce, parse_scalar)
+from .schema import (CONFIG_DIR, SCHEDULE_RULES, SCHEDULES, STAGES, Config, MethodSection, ModelSection,
+                     PretrainConfig, StageConfig, TransferConfig, coerce, parse_scalar)
 from .tuning import carried_config, method_config, set_backbone, transfer_method
 from .validation import check_geometry, validate
 
 _parse_scalar = parse_scalar  # the name the command lines imported
 
-__all__ = ["CONFIG_DIR", "Config", "MethodSection", "ModelSection", "PretrainConfig", "SCHEDULES", "STAGES",
-           "StageConfig", "TransferConfig", "carried_config", "check_geometry", "coerce", "config_from_dict",
+__all__ = ["CONFIG_DIR", "Config", "MethodSection", "ModelSection", "PretrainConfig", "SCHEDULE_RULES", "SCHEDULES",
+           "STAGES", "StageConfig", "TransferConfig", "carried_config", "check_geometry", "coerce", "config_from_dict",
            "dump_config", "legacy_notes", "load_config", "method_config", "parse_scalar", "set_backbone",
            "set_value", "transfer_method", "validate"]

@@ -69,10 +69,13 @@ def presets(args: argparse.Namespace, stage: str) -> list[tuple[str, Any]]:
     return _settings(args, stage, before=True)
 
 
-def apply_flags(cfg: Config, args: argparse.Namespace, stage: str) -> None:
-    """Set the keys of the flags that win over ``-o`` (``--epochs``, ``--output``, ...)."""
-    for key, value in _settings(args, stage, before=False):
+def apply_flags(cfg: Config, args: argparse.Namespace, stage: str) -> list[str]:
+    """Set the keys of the flags that win over ``-o`` (``--epochs``, ``--output``, ...); returns
+    those keys (a schedule rule checks that none of its keys is among them)."""
+    settings = _settings(args, stage, before=False)
+    for key, value in settings:
         set_value(cfg, key, value)
+    return [key for key, _ in settings]
 
 
 def explicit_keys(args: argparse.Namespace, stage: str) -> list[str]:

@@ -17,28 +17,32 @@ import yaml
 
 from ..errors import ConfigError, LegacyConfigNote
 from .legacy import LegacyReader
-from .recipes import apply_recipe, checked_recipes
-from .schema import (Config, MethodSection, ModelSection, TransferConfig, coerce, field_names, field_types,
-                     parse_scalar, unknown_key)
+from .recipes import KEY as RECIPES_KEY, apply_recipe, checked_recipes
+from .schema import (SCHEDULE_RULES, STAGES, Config, MethodSection, ModelSection, TransferConfig, coerce,
+                     field_names, field_types, parse_scalar, unknown_key)
 from .tuning import transfer_method
 from .validation import validate
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 stage: str | None = None, preset: Iterable[tuple[str, Any]] = (),
-                then: Callable[[Config], None] | None = None) -> Config:
+                then: Callable[[Config], Iterable[str] | None] | None = None) -> Config:
     """Read ``path`` (YAML) on top of the defaults, then apply ``preset`` (``(key, value)``
     pairs, e.g. from command-line flags), the ``key=value`` overrides and ``then(cfg)`` (the
-    command lines' other flags), then validate.
+    command lines' other flags; it returns the dotted keys it set), then validate.
 
     In an override, a stage key without a section (``lr=0.1``) applies to ``stage``.
     The transfer method's recipe (``transfer.by_method``, :mod:`.recipes`) is applied after
     the overrides, to the transfer keys they do not set, and before ``then``.
     Keys of an older config form (``adapter.*``) are read as the current ones, with one
     :class:`~ppadapt.errors.LegacyConfigNote` per load, issued once the config is valid.
+    A schedule that is a rule (``schedule: bit_hyperrule``) decides some stage keys itself:
+    setting one of them in the same place as the rule or later is an error (see
+    :func:`check_rule_keys`).
     """
     cfg = Config()
     legacy = LegacyReader()
+    given: dict[str, tuple[int, str]] = {}  # dotted key -> (which source set it last, in order; its name)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -55,9 +59,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = legacy.take(data, source=str(path))
         _merge(cfg, data, prefix="", source=str(path))
         legacy.keep_geometry(cfg, data)
+        given.update(dict.fromkeys(_dotted(data), (0, str(path))))
     for key, value in preset:
         set_value(cfg, key, value, stage=stage)
-    explicit = []
+        given[_stage_key(cfg, key, stage)] = (1, "the command line")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -67,12 +72,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             legacy.set_key(key, parse_scalar(raw), source="-o")
         else:
             set_value(cfg, key, parse_scalar(raw), stage=stage, source="-o")
-            explicit.append(_full_key(cfg, key, stage))
+            given[_stage_key(cfg, key, stage)] = (2, "-o")
     note = legacy.resolve(cfg)
-    apply_recipe(cfg, transfer_method(cfg), explicit)
+    method = transfer_method(cfg)
+    for key in apply_recipe(cfg, method, [k for k, (rank, _) in given.items() if rank == 2]):
+        given[f"transfer.{key}"] = (0, f"{RECIPES_KEY}.{method}")  # part of the file's transfer section
     if then is not None:
-        then(cfg)
+        for key in then(cfg) or ():
+            given[_stage_key(cfg, key, stage)] = (3, "the command line")
     validate(cfg)
+    check_rule_keys(cfg, given)
     if note:
         warnings.warn(note, LegacyConfigNote, stacklevel=2)
     return cfg
@@ -130,6 +139,27 @@ def set_value(cfg: Config, dotted: str, value: Any, *, stage: str | None = None,
             node = getattr(node, part)
 
 
+def check_rule_keys(cfg: Config, given: dict[str, tuple[int, str]]) -> None:
+    """A stage whose schedule is a rule (``SCHEDULE_RULES``) gets those keys from the rule at
+    run time, so one also set where the rule is named, or by a later source, would be silently
+    replaced: one ConfigError line. ``given``: dotted key -> (the source that set it, numbered
+    in the order the sources apply: file, flags, ``-o``, flags; its name). A key set by an
+    earlier source than the rule (a file's ``epochs`` under ``-o schedule=bit_hyperrule``) is
+    replaced by the rule: switching to the rule asks for that."""
+    for stage in STAGES:
+        rule = cfg.stage(stage).schedule
+        if rule not in SCHEDULE_RULES:
+            continue
+        where = given.get(f"{stage}.schedule", (-1, ""))[0]
+        for key in SCHEDULE_RULES[rule]:
+            rank, source = given.get(f"{stage}.{key}", (-2, ""))
+            if rank >= where:
+                raise ConfigError(
+                    f"{stage}.schedule {rule} sets {stage}.{key} from the size of the training set, but "
+                    f"{source} sets it too: drop {stage}.{key} there, or set the schedule yourself "
+                    f"(-o {stage}.schedule=step_decay with epochs, warmup_steps, decay_at and mixup_alpha)")
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
@@ -185,6 +215,19 @@ def _merge(node: Any, data: dict, prefix: str, source: str) -> None:
             setattr(node, key, value)
 
 
+def _dotted(data: dict) -> list[str]:
+    """The dotted keys a config mapping sets: ``section.key`` for each key of a section."""
+    return [f"{k}.{sub}" if isinstance(v, dict) else str(k) for k, v in data.items()
+            for sub in (v if isinstance(v, dict) else [None])]
+
+
+def _stage_key(cfg: Config, key: str, stage: str | None) -> str:
+    """``key`` as a dotted key: a bare stage key (``epochs``) is ``stage``'s, as set_value reads it."""
+    if "." not in key and stage and not hasattr(cfg, key) and key in field_names(cfg.stage(stage)):
+        return f"{stage}.{key}"
+    return key
+
+
 def _carry_mapping(value: dict, key: str) -> dict:
     """``model.carry`` as ``{name: {option: value}}``; a null entry is not carried."""
     out = {}
@@ -224,8 +267,3 @@ def _set_recipe(cfg: Config, rest: list[str], value: Any, dotted: str) -> None:
     cfg.transfer.by_method = checked_recipes(recipes)
 
 
-def _full_key(cfg: Config, key: str, stage: str | None) -> str:
-    """The dotted name an override sets (a bare stage key belongs to ``stage``)."""
-    if "." not in key and stage and not hasattr(cfg, key) and key in field_names(cfg.stage(stage)):
-        return f"{stage}.{key}"
-    return key

@@ -16,7 +16,11 @@ from ..models.vit import ViTConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("pretrain", "transfer")
-SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine", "step_decay")
+SCHEDULES = ("warmup_epoch_cosine", "warmup_step_cosine", "step_decay", "bit_hyperrule")
+# Schedules that are rules, decided from the training set once a fresh run has loaded it
+# (ppadapt/training/hyperrule.py), and the stage keys each decides: a config that names the
+# rule must not also set them.
+SCHEDULE_RULES = {"bit_hyperrule": ("epochs", "warmup_steps", "warmup_epochs", "decay_at", "mixup_alpha")}
 OPTIMIZERS = ("momentum", "sgd", "adamw")
 NO_DECAY = ("auto", "standard", "none")  # which parameters weight decay skips (training/optim.py)
 LR_SCALES = ("none", "linear256")
@@ -77,7 +81,7 @@ class StageConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "warmup_epoch_cosine"  # warmup_epoch_cosine | warmup_step_cosine | step_decay
+    schedule: str = "warmup_epoch_cosine"  # warmup_epoch_cosine | warmup_step_cosine | step_decay | bit_hyperrule
     warmup_steps: int | None = 2000  # linear warm-up in batches; null when warmup_epochs gives it
     min_lr: float = 0.0  # the schedule's floor (of the base LR; per-parameter multipliers apply on top)
     # Optimizers and schedules (README "Optimizers and schedules"; built in training/optim.py).

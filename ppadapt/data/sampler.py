@@ -39,6 +39,14 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(num_samples)
 
 
+def batches_per_epoch(num_samples: int, batch_size: int, num_replicas: int = 1, drop_last: bool = False) -> int:
+    """Batches of one process in an epoch of :class:`EpochBatchSampler` (every process has as
+    many; the padded share ``ceil(num_samples / num_replicas)`` each): known before the loaders
+    exist, for a schedule decided from the training set."""
+    share = math.ceil(num_samples / num_replicas)
+    return share // batch_size if drop_last else math.ceil(share / batch_size)
+
+
 def derived_seed(*keys: int) -> int:
     """A 62-bit seed derived from integers, e.g. (seed, epoch, rank) for Paddle's generator."""
     return int(np.random.default_rng([int(k) for k in keys]).integers(1, 2 ** 62))
@@ -118,9 +126,7 @@ class EpochBatchSampler:
                 yield [(epoch, int(i)) for i in batch]
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return batches_per_epoch(self.num_samples_total, self.batch_size, self.nranks, self.drop_last)
 
 
 class SeededDataset(paddle.io.Dataset):

@@ -16,13 +16,16 @@ evaluation, atomically. Its keys, in this order:
 ``selected_on``   the split that chose ``best``: ``"val"`` (``val_split``/``val_dir``: the
                   best validation epoch; its test numbers are the ones reported) or
                   ``"test"`` (no validation split: chosen on the test set itself)
+``schedule_rule`` only in a run whose schedule was a rule (``schedule: bit_hyperrule``): the
+                  rule, the training images it was decided from and what it chose
+                  (:mod:`ppadapt.training.hyperrule`); ``config`` holds the plain schedule
 ``history``       one entry per epoch (see :mod:`ppadapt.training.callbacks.best_final`)
 ``best``          the best evaluation (null before the first), ``final``: the last epoch's
                   (null until the run finished)
 ``checkpoints``   paths of ``best``/``final`` (null until written) and ``resume``
 ================  =====================================================================
 
-The first eight, the *header*, and ``selected_on`` are known when training starts
+The first eight, the *header*, ``selected_on`` and ``schedule_rule`` are known when training starts
 (:meth:`RunRecord.header`) and are what resume checkpoints keep as ``meta``
 (:meth:`RunRecord.meta`). Older records lack some of them (``method``,
 ``params.head``, ``mean``/``std``; ``selected_on``: their best was chosen on test); the
@@ -50,11 +53,12 @@ if TYPE_CHECKING:
 RUN_RECORD = "run.json"
 HEADER = ("stage", "dataset", "method", "class_names", "mean", "std", "config", "params")
 SELECTION = "selected_on"  # after the header; not in HEADER, which older records have in full
+RULE = "schedule_rule"  # after it, only in the runs of a schedule rule
 BODY = ("history", "best", "final", "checkpoints")
 
 _KINDS = {"stage": str, "dataset": str, "method": str, "class_names": list, "mean": list, "std": list,
-          "config": dict, "params": dict, "selected_on": str, "history": list, "best": dict, "final": dict,
-          "checkpoints": dict}
+          "config": dict, "params": dict, "selected_on": str, "schedule_rule": dict, "history": list,
+          "best": dict, "final": dict, "checkpoints": dict}
 _JSON_KIND = {str: "a string", list: "a list", dict: "an object"}
 
 
@@ -83,6 +87,7 @@ class RunRecord:
     config: dict | None = None
     params: dict | None = None
     selected_on: str | None = None
+    schedule_rule: dict | None = None
     history: list = field(default_factory=list)
     best: dict | None = None
     final: dict | None = None
@@ -92,18 +97,19 @@ class RunRecord:
     @classmethod
     def header(cls, *, stage: str, dataset: str, method: str, class_names: Sequence[str],
                mean: Iterable[float], std: Iterable[float], config: dict, params: ParamCount,
-               selected_on: str | None = None) -> RunRecord:
+               selected_on: str | None = None, schedule_rule: dict | None = None) -> RunRecord:
         """The record of a run about to train: what it trains on and with, nothing trained yet."""
         return cls(stage=stage, dataset=dataset, method=method, class_names=class_names, mean=list(mean),
                    std=list(std), config=config,
                    params={"trainable": params.trainable, "total": params.total, "head": params.head,
-                           "without_head": params.without_head}, selected_on=selected_on)
+                           "without_head": params.without_head}, selected_on=selected_on,
+                   schedule_rule=schedule_rule)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         """The record of a ``run.json`` object (or of a resume checkpoint's ``meta``), as it is:
         nothing is checked (:func:`read_record` checks what its caller needs)."""
-        fields = HEADER + (SELECTION,) + BODY
+        fields = HEADER + (SELECTION, RULE) + BODY
         known = {k: data[k] for k in fields if k in data}
         if known.get("history") is None:
             known.pop("history", None)
@@ -116,7 +122,7 @@ class RunRecord:
 
     def meta(self) -> dict:
         """The header as a dict (``run.json`` without the body; a resume checkpoint's ``meta``)."""
-        out = {k: getattr(self, k) for k in HEADER + (SELECTION,) if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in HEADER + (SELECTION, RULE) if getattr(self, k) is not None}
         out.update(self.extra)
         return out
 
@@ -171,4 +177,5 @@ def read_record(run: str | os.PathLike, *, require: Sequence[str] = ()) -> RunRe
     return RunRecord.from_dict(data)
 
 
-__all__ = ["BODY", "HEADER", "RUN_RECORD", "SELECTION", "RunRecord", "read_record", "record_path", "write_record"]
+__all__ = ["BODY", "HEADER", "RULE", "RUN_RECORD", "SELECTION", "RunRecord", "read_record", "record_path",
+           "write_record"]

@@ -1,7 +1,8 @@
 """One training stage (pretraining or transfer) as a pipeline on ``paddle.Model``.
 
-plan (fresh or resumed, decided once) -> output folder -> data -> model -> loaders ->
-trainer -> fit -> finish. ``train.py`` and ``transfer.py`` are thin command lines over
+plan (fresh or resumed, decided once) -> output folder -> data -> the schedule a rule takes
+from the training set (``schedule: bit_hyperrule``) -> model -> loaders -> trainer -> fit ->
+finish. ``train.py`` and ``transfer.py`` are thin command lines over
 :func:`run_stage`; notebooks call it directly.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..runs.record import RunRecord
 from ..utils.files import ensure_writable
 from .data_loading import load_datasets, make_loaders
 from .distributed import rank_and_size
-from .plan import StagePlan, plan_stage
+from .plan import StagePlan, plan_stage, settle_schedule
 from ..runs.resume_file import RESUME_FILE
 from .resume import ResumePoint
 from .trainer import Trainer
@@ -68,6 +69,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print, ve
     seed_everything(plan.cfg.seed)
     start = time.time()
     datasets = load_datasets(plan, log)
+    plan = settle_schedule(plan, len(datasets.train), nranks, log)  # a rule's schedule needs the training set
     model, params = stage_model(plan, datasets.num_classes, log)
     data = make_loaders(plan, datasets, rank, nranks)
     trainer = Trainer(plan, model, params, data, rank=rank, nranks=nranks, verbose=verbose, log=log,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import paddle
 
-from ..config import Config, StageConfig
+from ..config import SCHEDULE_RULES, Config, StageConfig
 from ..errors import ConfigError
 from ..methods.trainable import trainable_parameters
 from .callbacks import WarmupEpochCosine, WarmupStepCosine
@@ -122,6 +122,9 @@ def lr_callback(cfg: Config, stage: str, steps_per_epoch: int, *,
     """The warmup + decay schedule of ``stage`` (it sets the optimizer's LR every step)."""
     st = cfg.stage(stage)
     lr, warmup, total = effective_lr(st, nranks), warmup_steps(st, steps_per_epoch), st.epochs * steps_per_epoch
+    if st.schedule in SCHEDULE_RULES:
+        raise ConfigError(f"{stage}.schedule {st.schedule} is decided from the training set when run_stage "
+                          "loads it (ppadapt.training.plan.settle_schedule); this config was not")
     if st.min_lr > lr:  # only a scaled LR gets here (validate compares min_lr with lr)
         raise ConfigError(f"{stage}.min_lr ({st.min_lr}) is above the learning rate {lr:g} that "
                           f"{stage}.lr_scale: {st.lr_scale} gives: lower {stage}.min_lr")

@@ -2,20 +2,24 @@
 
 A fresh run takes everything from its config: the run folder, the pretrained backbone
 (transfer), the normalisation its weights expect and, with ``resolution: bit``, the model's
-input size (:mod:`ppadapt.data.resolution`). A resumed run takes everything
-from its checkpoint: the config, the folder, the normalisation it trained with, the
-weights and the position in the run. The rest of the pipeline only reads the plan.
+input size (:mod:`ppadapt.data.resolution`); with ``schedule: bit_hyperrule``, the schedule
+once its training set is loaded (:func:`settle_schedule`, :mod:`ppadapt.training.hyperrule`).
+A resumed run takes everything from its checkpoint: the config, the folder, the
+normalisation it trained with, the weights and the position in the run. The rest of the
+pipeline only reads the plan.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config
 from ..data.resolution import resolve_resolution
+from ..data.sampler import batches_per_epoch
 from ..runs.layout import run_dir
 from ..runs.pretrained import pretrained_normalization, resolve_pretrained
+from .hyperrule import resolve_schedule_rule
 from .resume import ResumePoint, prepare_resume
 
 
@@ -27,6 +31,7 @@ class StagePlan:
     pretrained: Path | None = None  # a fresh transfer's backbone checkpoint
     normalization: tuple | None = None  # (mean, std, where from); None: the dataset's own
     point: ResumePoint | None = None  # the checkpoint a resumed run continues
+    schedule_rule: dict | None = None  # what a schedule rule chose (run.json's schedule_rule)
 
     @property
     def resumed(self) -> bool:
@@ -70,3 +75,17 @@ def plan_stage(cfg: Config, stage: str, resume: Any = None,
     meta = point.state.get("meta") or {}  # images are normalised as the run did
     return StagePlan(point.cfg, stage, point.run_dir, normalization=(meta["mean"], meta["std"], "as saved"),
                      point=point)
+
+
+def settle_schedule(plan: StagePlan, train_images: int, nranks: int,
+                    log: Callable[[str], None] = print) -> StagePlan:
+    """The plan with its schedule decided: a fresh run whose schedule is a rule
+    (``schedule: bit_hyperrule``) gets the rule's plain schedule for its ``train_images``
+    training images (all processes' together) and ``nranks`` processes; any other plan, a
+    resumed one included (its checkpoint holds the schedule), is returned as it is."""
+    if plan.resumed:
+        return plan
+    st = plan.cfg.stage(plan.stage)
+    cfg, record = resolve_schedule_rule(plan.cfg, plan.stage, train_images,
+                                        batches_per_epoch(train_images, st.batch_size, nranks), log)
+    return plan if record is None else replace(plan, cfg=cfg, schedule_rule=record)

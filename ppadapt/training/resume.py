@@ -117,7 +117,8 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
     keys the command line set (flags and ``-o``; a section name covers its keys): the
     ``RESUME_OVERRIDABLE`` stage keys and ``output`` are taken from ``cfg``; any other
     explicit key whose value differs from the checkpoint's is an error, so that e.g.
-    ``--resume --epochs 20`` does not silently train 10.
+    ``--resume --epochs 20`` does not silently train 10. A schedule rule
+    (``-o schedule=bit_hyperrule``) matches the plain schedule it chose for the run.
     """
     path = find_checkpoint(target, run_dir(cfg, stage))
     state = load_checkpoint(path, stage)
@@ -127,11 +128,14 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
         raise CheckpointError(f"{path} holds a config this ppadapt cannot read ({exc})") from None
     mine, theirs = flat_config(cfg.to_dict()), flat_config(saved.to_dict())
     allowed = {f"{stage}.{k}" for k in RESUME_OVERRIDABLE} | {"output"}
+    rule = ((state.get("meta") or {}).get("schedule_rule") or {}).get("rule")
     for key in explicit:
         keys = [k for k in sorted(set(mine) | set(theirs)) if k == key or k.startswith(key + ".")]
         for k in keys:
             if k in allowed:
                 continue
+            if k == f"{stage}.schedule" and rule is not None and mine.get(k) == rule:
+                continue  # the rule named again: the checkpoint holds the schedule it chose
             if mine.get(k) != theirs.get(k):
                 raise ConfigError(
                     f"--resume continues a run with its saved settings, but {k} is {theirs.get(k)!r} in "

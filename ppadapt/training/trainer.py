@@ -46,7 +46,8 @@ def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> RunRe
                             method=transfer_method(cfg) if stage == "transfer" else "full",
                             class_names=data.class_names, mean=data.mean, std=data.std,
                             config=cfg.to_dict(), params=params,
-                            selected_on="test" if data.val_loader is None else "val")
+                            selected_on="test" if data.val_loader is None else "val",
+                            schedule_rule=plan.schedule_rule)
 
 
 class Trainer:
