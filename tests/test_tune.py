@@ -43,7 +43,7 @@ def folders(out: Path, method: str) -> list[Path]:
     chosen = json.loads((out / "tune.json").read_text()) if (out / "tune.json").is_file() else None
     point = chosen["methods"][method]["chosen"] if chosen else None
     seeds = [root / "seeds" / f"{point}_seed{s}_transfer_cifar10_{method}" for s in SEEDS] if point else \
-        [next((root / "seeds").glob(f"*_seed{s}_transfer_cifar10_{method}")) for s in SEEDS]
+        [f for s in SEEDS for f in sorted((root / "seeds").glob(f"*_seed{s}_transfer_cifar10_{method}"))]
     return [root / "grid" / f"{p}_transfer_cifar10_{method}" for p in POINTS] + seeds
 
 
