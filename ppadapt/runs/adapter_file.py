@@ -212,7 +212,7 @@ def _read_folder(folder: Path, tensors_path: Path) -> tuple[dict, dict]:
     config = _read_config(config_path)
     if tensors_path.stat().st_size == 0:
         raise CheckpointError(f"{tensors_path} is empty (0 bytes): an interrupted copy? {_AGAIN}")
-    tensors = read_safetensors(tensors_path, what="adapter")
+    tensors = read_safetensors(tensors_path, what="adapter", fix=_AGAIN)
     recorded = config.get("tensors")
     expected = recorded.get("sha256") if isinstance(recorded, dict) else None
     if expected and file_sha256(tensors_path) != expected:

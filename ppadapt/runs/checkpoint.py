@@ -302,11 +302,11 @@ def load_failure(exc: Exception, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}: {reason[:160]}"
 
 
-def read_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+def read_safetensors(path: str | os.PathLike, what: str = "checkpoint", fix: str = _INTACT_ST) -> dict:
     """The tensors of a safetensors file (name -> paddle.Tensor, in the file's dtypes), read
     as bytes: no pickle, no code, and no memory map left on the file (the tensors own their
     memory, so the file may be replaced while they are used). A truncated, corrupt or
-    foreign file is one CheckpointError line; ``what`` names the file in it."""
+    foreign file is one CheckpointError line; ``what`` names the file in it, ``fix`` says what to do."""
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -316,7 +316,7 @@ def read_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     except Exception as e:  # SafetensorError (header, bounds), an unknown dtype, ...
         raise CheckpointError(
             f"{what} {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
-            f"safetensors file ({load_failure(e, path)}); {_INTACT_ST}") from None
+            f"safetensors file ({load_failure(e, path)}); {fix}") from None
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
