@@ -101,7 +101,7 @@ def adapter_config(model: nn.Layer, meta: Mapping[str, Any]) -> dict:
         raise ValueError(f"{len(names)} class names for a head of {num_classes} classes")
     computed = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppadapt_version": __version__,
                 "method": meta.get("method"), "options": dict(meta.get("options") or {}),
-                "methods": dict(meta.get("methods") or {}), "backbone": backbone_geometry(arch) or meta.get("backbone"),
+                "methods": dict(meta.get("methods") or {}), "backbone": backbone_geometry(arch) or dict(meta.get("backbone") or {}),
                 "head": arch.get("head", meta.get("head")), "num_classes": num_classes}
     order = ("class_names", "mean", "std", "eval_resize", "base_model", "model")
     config = {**computed, **{k: meta[k] for k in order if k in meta}}
