@@ -235,6 +235,6 @@ def test_adapter_file_written_and_resumed(pipeline, archives):
                "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", adapter, *TINY)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"loaded adapter {adapter}" in proc.stdout
-    wrong = run("transfer", "--method", "lora", "--data-file", archives[1], "--output", out / "again",
-                "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", run_dir, *TINY)
+    wrong = run("transfer", "--method", "lora", "--data-file", archives[1], "--output", out / "again", "--pretrained",
+                out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", run_dir, *TINY)
     assert_user_error(wrong, "holds a 'adaptformer' adapter", "--method adaptformer")
