@@ -94,14 +94,17 @@ def adapter_config(model: nn.Layer, meta: Mapping[str, Any]) -> dict:
     """The ``adapter_config.json`` of ``model``'s adapter: ``meta`` (method, options, methods,
     the task's class names, ...) with the format, version and geometry that the model
     itself gives, in the documented key order (keys ``meta`` adds beyond those come last)."""
+    if not isinstance(meta.get("method"), str):
+        raise ValueError(f"an adapter's meta needs the method's name ('method'), got {meta.get('method')!r}")
     arch = _architecture(model)
     num_classes = meta.get("num_classes", getattr(model, "class_num", None))
     names = meta.get("class_names")
     if names is not None and num_classes is not None and len(names) != int(num_classes):
         raise ValueError(f"{len(names)} class names for a head of {num_classes} classes")
     computed = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppadapt_version": __version__,
-                "method": meta.get("method"), "options": dict(meta.get("options") or {}),
-                "methods": dict(meta.get("methods") or {}), "backbone": backbone_geometry(arch) or dict(meta.get("backbone") or {}),
+                "method": meta["method"], "options": dict(meta.get("options") or {}),
+                "methods": dict(meta.get("methods") or {}),
+                "backbone": backbone_geometry(arch) or dict(meta.get("backbone") or {}),
                 "head": arch.get("head", meta.get("head")), "num_classes": num_classes}
     order = ("class_names", "mean", "std", "eval_resize", "base_model", "model")
     config = {**computed, **{k: meta[k] for k in order if k in meta}}
