@@ -44,7 +44,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import paddle
-import safetensors
 import safetensors.paddle
 
 from ..errors import CheckpointError, CheckpointWriteError
