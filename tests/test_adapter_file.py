@@ -383,6 +383,10 @@ def test_a_transfer_writes_the_folder_and_resume_adapter_loads_it(tmp_path, caps
     final = load_state_dict(run / "final.pdparams")
     assert all(_bytes(v) == _bytes(final[k]) for k, v in tensors.items())  # the trained tensors, as trained
 
+    stale = tmp_path / "again" / "digits_transfer_digits_lora" / "adapter.pdparams"  # an older ppadapt's run here
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"older")
     again = transfer(tmp_path / "again", "--resume-adapter", str(run))  # the run folder finds its adapter
-    assert f"loaded adapter {run}" in capsys.readouterr().out
-    assert read_adapter(again)[1]["class_names"] == meta["class_names"]
+    out = capsys.readouterr().out
+    assert f"loaded adapter {run}" in out and f"removed {stale} of an earlier run" in out
+    assert not stale.exists() and read_adapter(again)[1]["class_names"] == meta["class_names"]
