@@ -17,6 +17,6 @@ from .apps.predict import Predictor  # noqa: E402
 
 globals().update({name: getattr(_methods, name) for name in _methods.PACKAGE_EXPORTS})  # the methods' top-level names
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 __all__ = ["Predictor", "VisionTransformer", "ViTConfig", *_methods.PACKAGE_EXPORTS,
            "count_parameters", "set_trainable", "trainable_parameters", "__version__"]

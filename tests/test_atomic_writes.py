@@ -1,4 +1,4 @@
-"""Checkpoints and adapter files are written to a temporary name and renamed into place.
+"""Checkpoints and adapter folders are written to a temporary name and renamed into place.
 
 (a) A writer killed outright (SIGKILL) at random points never leaves a file that does not
     load: the path holds one of the versions it wrote, complete. Killed writers leave their
@@ -27,9 +27,9 @@ import pytest
 from tiny import tiny_vit
 
 from cifar_archive import write_cifar_archive
-from ppadapt.runs import checkpoint as ckpt
+from ppadapt.runs import adapter_file, checkpoint as ckpt
 from ppadapt.runs.adapter_file import read_adapter, save_adapter
-from ppadapt.runs.checkpoint import atomic_save, atomic_write_json, load_state_dict
+from ppadapt.runs.checkpoint import atomic_save, atomic_write_json, load_state_dict, save_state_dict
 from ppadapt.apps.cli import transfer_main
 from ppadapt.errors import CheckpointError, CheckpointWriteError
 from ppadapt.runs.resume_file import load_checkpoint
@@ -42,7 +42,12 @@ def enospc() -> OSError:
 
 
 def temp_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".old")))
+
+
+def snapshot(path: Path):
+    """A file's bytes, or a folder's files' bytes by name."""
+    return path.read_bytes() if path.is_file() else {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
 # --- (a) SIGKILL at random points -----------------------------------------------------------
@@ -114,6 +119,72 @@ def test_sigkill_at_random_points_leaves_a_complete_file(tmp_path):
     assert os.listdir(tmp_path) == ["model.pdparams"]  # the next save removed the killed writers' temps
 
 
+DIR_WRITER = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+import ppadapt, paddle
+from ppadapt.runs.adapter_file import save_adapter
+
+model = paddle.nn.Linear(512, 512)
+sys.stdin.readline()  # go
+version = 0
+while True:
+    version += 1
+    for p in model.parameters():
+        p.set_value(paddle.full(p.shape, float(version)))
+    save_adapter(model, sys.argv[1], {"method": "linear", "version": version})
+    print(version, flush=True)
+"""
+
+
+def check_adapter_version(folder: Path) -> int:
+    """The version a complete adapter folder holds (its config and every tensor agree)."""
+    tensors, meta = read_adapter(folder)
+    assert sorted(tensors) == ["bias", "weight"]
+    assert all(np.all(t.numpy() == meta["version"]) for t in tensors.values())
+    return meta["version"]
+
+
+def test_sigkill_while_writing_an_adapter_folder_leaves_a_complete_one(tmp_path):
+    path = tmp_path / "adapter"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    env["OMP_NUM_THREADS"] = "1"
+    writers = [subprocess.Popen([sys.executable, "-c", DIR_WRITER, str(path), str(REPO)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    rng = random.Random(os.getpid())
+    inside = 0
+    try:
+        for round, writer in enumerate(writers):
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "1"
+            time.sleep(rng.uniform(0.0, 0.1))
+            if round % 2 == 0:  # land inside a write: once its temporary folder exists
+                deadline = time.monotonic() + 5
+                while not any(f"-{writer.pid}-" in name for name in temp_files(tmp_path)):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.0005)
+                time.sleep(rng.uniform(0.0, 0.002))
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+            printed = [int(line) for line in writer.stdout.read().split()]
+            last = printed[-1] if printed else 1
+            inside += any(f"-{writer.pid}-" in name for name in temp_files(tmp_path))
+            if path.exists():  # the last completed save, or the one whose print the kill stopped
+                assert check_adapter_version(path) in (last, last + 1)
+            else:  # killed between the two renames: the previous folder waits aside, complete
+                aside = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+                assert len(aside) == 1 and check_adapter_version(aside[0]) == last
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+    assert inside, "no kill landed during a write"
+    save_adapter(paddle.nn.Linear(2, 2), path, {"method": "linear", "version": 0})
+    assert os.listdir(tmp_path) == ["adapter"]  # the killed writers' temporary folders were removed
+
+
 def test_temps_of_live_processes_and_other_files_are_kept(tmp_path):
     path = tmp_path / "best.pdparams"
     live = tmp_path / f".best.pdparams.{ckpt._HOST}-{os.getppid()}-0123abcd.tmp"  # pytest's parent: alive
@@ -129,12 +200,12 @@ def test_temps_of_live_processes_and_other_files_are_kept(tmp_path):
 # --- (b) a failing write ---------------------------------------------------------------------
 
 def fail_in_write(monkeypatch, victim: str = "") -> None:
-    """paddle.save / json.dump of a temporary file of ``victim`` (any, if empty) write half,
-    then the disk is full."""
-    real_save, real_dump = paddle.save, json.dump
+    """paddle.save / json.dump / safetensors of a temporary file of ``victim`` (any, if empty)
+    write half, then the disk is full."""
+    real_save, real_dump, real_st = paddle.save, json.dump, ckpt.write_safetensors
 
-    def hit(target: str) -> bool:
-        return os.path.basename(target).startswith(f".{victim}")
+    def hit(target: str) -> bool:  # a temporary file of victim, or a file in its temporary folder
+        return any(part.startswith(f".{victim}") for part in Path(target).parts[-2:])
 
     def save(obj, path, *args, **kwargs):
         real_save(obj, path, *args, **kwargs)
@@ -150,15 +221,24 @@ def fail_in_write(monkeypatch, victim: str = "") -> None:
             fp.truncate(fp.tell() // 2)
             raise enospc()
 
+    def write_safetensors(state, path, *args, **kwargs):
+        real_st(state, path, *args, **kwargs)
+        if hit(str(path)):
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+            raise enospc()
+
     monkeypatch.setattr(paddle, "save", save)
     monkeypatch.setattr(json, "dump", dump)
+    monkeypatch.setattr(ckpt, "write_safetensors", write_safetensors)
+    monkeypatch.setattr(adapter_file, "write_safetensors", write_safetensors)
 
 
 def fail_in_fsync(monkeypatch, victim: str = "") -> None:
     real = os.fsync
 
     def fsync(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{victim}"):
+        if any(part.startswith(f".{victim}") for part in Path(os.readlink(f"/proc/self/fd/{fd}")).parts[-2:]):
             raise enospc()
         real(fd)
 
@@ -170,13 +250,15 @@ def _model(seed: int) -> paddle.nn.Layer:
     return tiny_vit()
 
 
-WRITERS = {  # name: (write version ``seed`` to ``path``, read ``path`` back)
+WRITERS = {  # name: (write version ``seed`` to ``path``, read ``path`` back, the path's name)
     "atomic_save": (lambda path, seed: atomic_save(_model(seed).state_dict(), str(path)),
-                    lambda path: load_state_dict(str(path))),
+                    lambda path: load_state_dict(str(path)), "best.pdparams"),
+    "safetensors": (lambda path, seed: save_state_dict(_model(seed).state_dict(), path),
+                    lambda path: load_state_dict(str(path)), "best.safetensors"),
     "atomic_write_json": (lambda path, seed: atomic_write_json({"seed": seed, "history": [1.5] * 100}, str(path)),
-                          lambda path: json.loads(path.read_text())),
+                          lambda path: json.loads(path.read_text()), "run.json"),
     "save_adapter": (lambda path, seed: save_adapter(_model(seed), path, {"method": "full", "seed": seed}),
-                     lambda path: read_adapter(path)[1]),
+                     lambda path: read_adapter(path)[1], "adapter"),
 }
 
 
@@ -184,10 +266,10 @@ WRITERS = {  # name: (write version ``seed`` to ``path``, read ``path`` back)
 @pytest.mark.parametrize("where", [fail_in_write, fail_in_fsync], ids=["write", "fsync"])
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_disk_full_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, monkeypatch, writer, where):
-    write, read = WRITERS[writer]
-    path = tmp_path / ("run.json" if writer == "atomic_write_json" else "best.pdparams")
+    write, read, name = WRITERS[writer]
+    path = tmp_path / name
     write(path, 1)
-    before, first = path.read_bytes(), read(path)
+    before, first = snapshot(path), read(path)
 
     where(monkeypatch)
     with pytest.raises(CheckpointError) as info:
@@ -198,9 +280,9 @@ def test_disk_full_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, mon
     assert message == (f"no space left on device while writing {path}; the previous {path.name} is intact "
                        "(free some space or fix the permissions, then save again)")
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
-    assert path.read_bytes() == before
+    assert snapshot(path) == before
     loaded = read(path)
-    if writer == "atomic_save":
+    if writer in ("atomic_save", "safetensors"):
         assert all(np.array_equal(loaded[k].numpy(), first[k].numpy()) for k in first)
     else:
         assert loaded == first
@@ -221,7 +303,7 @@ TINY = ["-o", "model.embed_dim=32", "-o", "model.depth=2", "-o", "model.num_head
         "-o", "adapter.bottleneck=8", "-o", "warmup_steps=2", "-o", "augment=false", "--batch-size", "64",
         "--epochs", "1", "--quiet"]
 LOADERS = {"run.json": lambda p: json.loads(p.read_text()), "best.pdparams": load_state_dict,
-           "resume.pdckpt": load_checkpoint, "final.pdparams": load_state_dict, "adapter.pdparams": read_adapter}
+           "resume.pdckpt": load_checkpoint, "final.pdparams": load_state_dict, "adapter": read_adapter}
 FILES = tuple(LOADERS)
 
 
@@ -232,7 +314,7 @@ def cifar10(tmp_path_factory):
 
 
 def transfer_args(cifar10, out) -> list[str]:
-    # --freeze: AdaptFormer, so the run writes all five files, adapter.pdparams included
+    # --freeze: AdaptFormer, so the run writes all five files, the adapter folder included
     return ["--freeze", "--pretrained", "none", "--data-file", str(cifar10), "--output", str(out), *TINY]
 
 
@@ -241,7 +323,7 @@ def test_transfer_cli_turns_a_full_disk_into_one_line(cifar10, tmp_path, monkeyp
     args = transfer_args(cifar10, tmp_path)
     run = tmp_path / "tutorial_transfer_cifar10_frozen"
     assert transfer_main(args) == 0  # an earlier run's files
-    before = {name: (run / name).read_bytes() for name in FILES}
+    before = {name: snapshot(run / name) for name in FILES}
     capsys.readouterr()
 
     fail_in_write(monkeypatch, victim)
@@ -253,14 +335,14 @@ def test_transfer_cli_turns_a_full_disk_into_one_line(cifar10, tmp_path, monkeyp
     line = lines[0]
     assert line.startswith(f"error: no space left on device while writing {run / victim}; "
                            f"the previous {victim} is intact; "), line
-    if victim in ("final.pdparams", "adapter.pdparams"):  # after the epoch's resume.pdckpt
+    if victim in ("final.pdparams", "adapter"):  # after the epoch's resume.pdckpt
         assert line.endswith(f"the last good resumable checkpoint is {run / 'resume.pdckpt'} (end of epoch 1/1); "
                              "free some space or fix the permissions, then continue with: "
                              f"python ppadapt/transfer.py --resume {run}"), line
     else:
         assert line.endswith("no resumable checkpoint was written yet; free some space or fix the permissions, "
                              "then start the run again"), line
-    assert (run / victim).read_bytes() == before[victim]
+    assert snapshot(run / victim) == before[victim]
     assert temp_files(run) == []
     LOADERS[victim](run / victim)  # and still loads
     if victim == "final.pdparams":  # the hint works: the run finishes from its resume.pdckpt

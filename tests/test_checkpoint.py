@@ -246,9 +246,9 @@ def test_best_checkpoint_is_rewritten_only_on_improvement(tmp_path, monkeypatch)
     saved = []
     import ppadapt.training.callbacks.best_final as module
 
-    real = module.atomic_save
-    monkeypatch.setattr(module, "atomic_save", lambda obj, path: (saved.append(os.path.basename(path)),
-                                                                  real(obj, path)))
+    real = module.save_state_dict
+    monkeypatch.setattr(module, "save_state_dict", lambda obj, path: (saved.append(os.path.basename(path)),
+                                                                      real(obj, path)))
     saver = BestAndFinalCheckpoint(str(tmp_path), monitor="acc_top1")
     run_synthetic_epochs(saver, tiny_model(), accs=[0.5, 0.5, 0.6, 0.2])
     assert saved == ["best.pdparams", "best.pdparams", "final.pdparams"]  # epochs 0 and 2 only

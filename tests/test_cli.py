@@ -225,12 +225,16 @@ def test_methods_transfer_from_the_pretrained_checkpoint(pipeline, archives, met
 def test_adapter_file_written_and_resumed(pipeline, archives):
     out = pipeline[0]
     run_dir = out / "tutorial_transfer_cifar10_frozen"
-    adapter, full = run_dir / "adapter.pdparams", run_dir / "final.pdparams"
-    assert adapter.is_file() and adapter.stat().st_size < full.stat().st_size / 3
+    adapter, full = run_dir / "adapter", run_dir / "final.pdparams"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (adapter / "adapter_model.safetensors").stat().st_size < full.stat().st_size / 3
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert config["class_names"] == record["class_names"] and config["method"] == "adaptformer"
     proc = run("transfer", "--freeze", "--data-file", archives[1], "--epochs", 1, "--output", out / "again",
                "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", adapter, *TINY)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"loaded adapter {adapter}" in proc.stdout
-    wrong = run("transfer", "--method", "lora", "--data-file", archives[1], "--output", out / "again",
-                "--pretrained", out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", adapter, *TINY)
+    wrong = run("transfer", "--method", "lora", "--data-file", archives[1], "--output", out / "again", "--pretrained",
+                out / "tutorial_pretrain_cifar100" / "final.pdparams", "--resume-adapter", run_dir, *TINY)
     assert_user_error(wrong, "holds a 'adaptformer' adapter", "--method adaptformer")

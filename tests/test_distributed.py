@@ -112,7 +112,7 @@ def test_two_processes_train_and_transfer_in_sync_and_only_rank_0_writes(tmp_pat
     assert tr.returncode == 0, tr.stdout[-3000:] + tr.stderr[-3000:]
     frozen = out / "tutorial_transfer_cifar10_frozen"
     assert same(dump2 / "rank0.pdparams", dump2 / "rank1.pdparams")
-    assert (frozen / "adapter.pdparams").is_file() and len(list((frozen / "vdl").iterdir())) == 1
+    assert (frozen / "adapter" / "adapter_config.json").is_file() and len(list((frozen / "vdl").iterdir())) == 1
     pre_w, tuned = paddle.load(str(run / "final.pdparams")), paddle.load(str(frozen / "final.pdparams"))
     backbone = [k for k in pre_w if ".adaptmlp." not in k and not k.startswith("head.")]
     assert all(np.array_equal(pre_w[k].numpy(), tuned[k].numpy()) for k in backbone)  # frozen stays frozen

@@ -232,7 +232,7 @@ def test_bn_linear_head_exports_and_predicts_with_its_running_statistics(runs, t
     apply_transfer_method(fresh, cfg)
     backbone = {k: v for k, v in saved.items() if not k.startswith("head.") and ".adaptmlp." not in k}
     load_weights(fresh, backbone, skip=lambda k: k.startswith("head."), allow_missing=lambda k: ".adaptmlp." in k)
-    meta = load_adapter(fresh, run_dir / "adapter.pdparams")
+    meta = load_adapter(fresh, run_dir / "adapter")
     assert meta["method"] == "adaptformer"
     fresh.eval()
     with paddle.no_grad():

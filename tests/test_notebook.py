@@ -150,7 +150,7 @@ def test_notebook_runs_on_tiny_data(tmp_path):
     assert "normalisation: mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) (PaddleClas's: a checkpoint with " \
         "no ppadapt run.json beside it is taken as a PaddleClas ViT)" in lines
     run = out / "cpu_paddleclas_small_random_init_transfer_cifar10_frozen"
-    assert (run / "final.pdparams").is_file() and (run / "adapter.pdparams").is_file()
+    assert (run / "final.pdparams").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
     record = json.loads((run / "run.json").read_text())
     assert record["mean"] == [0.5] * 3 and record["config"]["transfer"]["pretrained"] == str(checkpoint)
     assert record["config"]["model"]["qkv_bias"] and record["config"]["model"]["epsilon"] == 1e-6

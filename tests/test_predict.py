@@ -150,8 +150,9 @@ def test_checkpoint_problems_are_one_line_errors(setup, tmp_path):
     alone.write_bytes((run / "best.pdparams").read_bytes())
     with pytest.raises(CheckpointError, match="no run.json next to"):
         Predictor(alone)
-    with pytest.raises(CheckpointError, match="adapter-only file"):
-        Predictor(run / "adapter.pdparams")
+    for adapter in (run / "adapter", run / "adapter" / "adapter_model.safetensors"):
+        with pytest.raises(CheckpointError, match="adapter-only checkpoint"):
+            Predictor(adapter)
     # a run.json whose config no longer fits the weights: strict loading names the keys
     other = tmp_path / "other"
     other.mkdir()

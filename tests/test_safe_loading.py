@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import collections
 import io
+import json
 import os
 import pickle
 import random
@@ -186,7 +187,7 @@ def assert_same(a, b, where="file"):
 class World:
     root: Path
     pretrain: Path  # a real run directory of a pretraining (best, final, run.json, resume.pdckpt)
-    transfer: Path  # of a LoRA transfer from it (also adapter.pdparams)
+    transfer: Path  # of a LoRA transfer from it (also the adapter/ folder)
     image: Path
 
 
@@ -202,12 +203,12 @@ def world(tmp_path_factory) -> World:
         dirs[stage] = run_stage(cfg, stage, log=lambda line: None, verbose=0).run_dir
     image = root / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image)
-    assert (dirs["transfer"] / "adapter.pdparams").is_file()
+    assert (dirs["transfer"] / "adapter" / "adapter_model.safetensors").is_file()
     return World(root, dirs["pretrain"], dirs["transfer"], image)
 
 
 @pytest.mark.parametrize("name", ["pretrain/best.pdparams", "pretrain/final.pdparams", "pretrain/resume.pdckpt",
-                                  "transfer/final.pdparams", "transfer/adapter.pdparams", "transfer/resume.pdckpt"])
+                                  "transfer/final.pdparams", "transfer/resume.pdckpt"])
 @pytest.mark.parametrize("return_numpy", [False, True])
 def test_files_ppadapt_writes_load_as_paddle_load_does(world, name, return_numpy):
     stage, file = name.split("/")
@@ -231,11 +232,19 @@ def assert_same_load(path: Path, return_numpy: bool) -> None:
 def test_the_owners_give_what_they_gave_through_paddle_load(world):
     for path in (world.pretrain / "best.pdparams", world.transfer / "final.pdparams"):
         assert_same(load_state_dict(str(path)), paddle.load(str(path)), path.name)
-    tensors, meta = read_adapter(world.transfer / "adapter.pdparams")
-    old = paddle.load(str(world.transfer / "adapter.pdparams"))
-    old.pop(META_KEY)
-    assert_same(tensors, old, "adapter")
+    tensors, meta = read_adapter(world.transfer / "adapter")  # safetensors: no pickle at all
+    final = paddle.load(str(world.transfer / "final.pdparams"))
+    for k, v in tensors.items():  # the trained tensors, exactly (safetensors keeps no Paddle tensor names)
+        assert v.dtype == final[k].dtype and v.numpy().tobytes() == final[k].numpy().tobytes(), k
     assert meta["method"] == "lora"
+    # an older adapter.pdparams (the same tensors, the meta as a uint8 tensor) through the restricted reader
+    old = {**tensors, META_KEY: paddle.to_tensor(np.frombuffer(json.dumps(meta).encode(), dtype="uint8").copy())}
+    paddle.save(old, str(world.root / "adapter.pdparams"))
+    legacy, legacy_meta = read_adapter(world.root / "adapter.pdparams")
+    expected = paddle.load(str(world.root / "adapter.pdparams"))
+    expected.pop(META_KEY)
+    assert_same(legacy, expected, "older adapter")
+    assert legacy_meta["method"] == "lora"
     state = load_checkpoint(world.transfer / "resume.pdckpt", "transfer")
     assert_same(state, paddle.load(str(world.transfer / "resume.pdckpt"), return_numpy=True), "resume")
     # what the checkpoint's generators hold comes back through the restricted reader too

@@ -131,15 +131,17 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
     p.add_argument("--freeze", action="store_true",
                    help="freeze the backbone: train only the AdaptFormer branches and the new head")
     p.add_argument("--pretrained", metavar="CKPT",
-                   help="backbone checkpoint: a .pdparams of ppadapt or PaddleClas (default: the final "
+                   help="backbone checkpoint: a .pdparams or .safetensors of ppadapt, or PaddleClas's .pdparams "
+                        "(default: the final "
                         "checkpoint of train.py with the same config, under output/; with --backbone, "
                         "PaddleClas's ImageNet weights, downloaded once to ~/.paddleclas/weights); "
                         "'none' trains from scratch")
     p.add_argument("--method", metavar="NAME",
                    help="tuning method (see --list-methods; default: full fine-tuning, or the config's "
                         "method.name); options with -o method.KEY=VALUE")
-    p.add_argument("--resume-adapter", metavar="FILE",
-                   help="start the method's tensors (and head) from an adapter.pdparams written by transfer.py")
+    p.add_argument("--resume-adapter", metavar="PATH",
+                   help="start the method's tensors (and head) from an adapter that transfer.py wrote: its "
+                        "adapter/ folder (or the run folder holding it), or an older adapter.pdparams")
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
                    help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384, "

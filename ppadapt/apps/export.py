@@ -75,7 +75,8 @@ class ExportResult:
 def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | None = None,
                  onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
                  log: Callable[[str], None] = print) -> ExportResult:
-    """Export the run at ``checkpoint`` (run dir or ``.pdparams``) to ``output``; see the module docstring."""
+    """Export the run at ``checkpoint`` (run dir, ``.pdparams`` or ``.safetensors``) to ``output``;
+    see the module docstring."""
     if onnx and importlib.util.find_spec("paddle2onnx") is None:
         raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
                           "(pip install paddle2onnx, or export without --onnx)")
@@ -250,13 +251,13 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged.\n\n"
                     "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora")
     p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
-                   help="run directory (output/<run>/) or a .pdparams next to its run.json")
+                   help="run directory (output/<run>/) or a .pdparams / .safetensors next to its run.json")
     p.add_argument("--output", required=True, metavar="DIR",
                    help=f"folder for {PREFIX}.json/.pdiparams and {META_FILE} (created; earlier export files "
                         "there are replaced)")
     p.add_argument("--weights", choices=("best", "final"),
                    help="with a run directory: best.pdparams (default; final if the run has no best) "
-                        "or final.pdparams")
+                        "or final.pdparams (.safetensors with save_format: safetensors)")
     p.add_argument("--onnx", action="store_true",
                    help=f"also write {PREFIX}.onnx with paddle2onnx (must be installed)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")

@@ -41,7 +41,7 @@ class Predictor:
 
     ``checkpoint``: a run directory (``output/<run>/``; ``weights`` picks
     ``"best"`` (default, or final when the run has no best) or ``"final"``) or a
-    ``.pdparams`` file next to its ``run.json``.
+    ``.pdparams`` / ``.safetensors`` file next to its ``run.json``.
 
     Calling it with one image (a path, a PIL image, or an H x W x C uint8 RGB
     numpy array; H x W grey and 4-channel arrays are converted) returns one dict
@@ -210,12 +210,12 @@ def _parser() -> argparse.ArgumentParser:
                     "  python ppadapt/predict.py --checkpoint output/cpu_transfer_cifar10_frozen cat.png dog.jpg\n"
                     "  python ppadapt/predict.py --checkpoint output/RUN/final.pdparams 'photos/*.jpg' --json")
     p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
-                   help="run directory (output/<run>/) or a .pdparams next to its run.json")
+                   help="run directory (output/<run>/) or a .pdparams / .safetensors next to its run.json")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (searched recursively) or glob patterns (quote them)")
     p.add_argument("--weights", choices=("best", "final"),
                    help="with a run directory: best.pdparams (default; final if the run has no best) "
-                        "or final.pdparams")
+                        "or final.pdparams (.safetensors with save_format: safetensors)")
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                    help=f"labels per image (default {DEFAULT_TOPK}, at most the class count)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,

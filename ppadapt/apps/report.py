@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 from ..config.tuning import FREEZE
 from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError
 from ..methods import method_of_flag
+from ..runs.adapter_file import ADAPTER_DIR, LEGACY_FILE, TENSORS_FILE
 from ..runs.record import RUN_RECORD, RunRecord, read_record
 from ..utils.formatting import format_size
 from .tool import ArgumentParser, run_tool
@@ -171,6 +172,23 @@ def _percent(entry: dict | None) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
+def _shared_checkpoint(run_dir: Path) -> Path | None:
+    """What a run gives to others: its adapter (the ``adapter/`` folder, or an older
+    ``adapter.pdparams``), else its final checkpoint (``.pdparams`` or ``.safetensors``)."""
+    adapter = run_dir / ADAPTER_DIR
+    if (adapter / TENSORS_FILE).is_file():
+        return adapter
+    candidates = (run_dir / LEGACY_FILE, run_dir / "final.pdparams", run_dir / "final.safetensors")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of the files of a folder (an adapter: tensors + config)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
 def load_run(run_dir: str | Path) -> RunSummary:
     """Summarise one run folder (DataError if its ``run.json`` is unreadable)."""
     run_dir = Path(run_dir)
@@ -184,8 +202,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
     seconds = [float(h["train_seconds"]) for h in history if h.get("train_seconds") is not None]
     best, final = record.best, record.final
     epochs = ((record.config or {}).get(stage) or {}).get("epochs")
-    checkpoint = next((p for p in (run_dir / "adapter.pdparams", run_dir / "final.pdparams") if p.is_file()),
-                      None)
+    checkpoint = _shared_checkpoint(run_dir)
     return RunSummary(
         run_dir=run_dir, stage=stage, method=record.method or _legacy_method(record, stage),
         dataset=record.dataset or "?", trainable=int(params.get("trainable", 0)),
@@ -194,7 +211,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
         finished=final is not None, epochs_done=len(history),
         epochs=epochs if isinstance(epochs, int) else None,
         seconds_per_epoch=sum(seconds) / len(seconds) if seconds else None,
-        checkpoint=checkpoint, checkpoint_bytes=checkpoint.stat().st_size if checkpoint else None,
+        checkpoint=checkpoint, checkpoint_bytes=_size(checkpoint) if checkpoint else None,
         selected_on=record.best_selected_on,
         top1_val_best=None if (best or {}).get("val_acc_top1") is None else 100.0 * float(best["val_acc_top1"]))
 

@@ -27,6 +27,7 @@ LR_SCALES = ("none", "linear256")
 AUGMENTATIONS = ("tutorial", "crop_flip", "rrc_flip", "none")  # ppadapt/data/transforms.py
 EVAL_RESIZES = ("none", "resize_center_crop")
 RESOLUTIONS = ("fixed", "bit")  # ppadapt/data/resolution.py
+SAVE_FORMATS = ("pdparams", "safetensors")  # best/final: Paddle's pickle, or safetensors (runs/checkpoint.py)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class PretrainConfig(StageConfig):
 class TransferConfig(StageConfig):
     freeze: bool = False  # --freeze: the transfer method is the one that flag stands for
     pretrained: str | None = None  # None: the final checkpoint of this config's pretraining run
-    resume_adapter: str | None = None  # an adapter.pdparams to start the method's tensors from
+    resume_adapter: str | None = None  # an adapter (folder; older: adapter.pdparams) to start the method from
     # A method's own recipe: {method: {stage key: value}}, applied when that method is the
     # transfer method (config/recipes.py); a key the command line sets (-o, --lr) wins.
     by_method: dict = field(default_factory=dict)
@@ -144,6 +145,7 @@ class Config:
     seed: int = 42
     output: str = "output"
     name: str = "tutorial"  # prefix of the run directories under ``output``
+    save_format: str = "pdparams"  # best/final checkpoints: pdparams (paddle.save) | safetensors (no pickle)
 
     def stage(self, which: str) -> StageConfig:
         return getattr(self, which)

@@ -10,8 +10,8 @@ import difflib
 from ..errors import ConfigError
 from ..models.paddleclas_archs import paddleclas_vit_config
 from ..models.vit import HEAD_INITS, HEADS
-from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SCHEDULES,
-                     STAGES, Config, ModelSection, StageConfig)
+from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SAVE_FORMATS,
+                     SCHEDULES, STAGES, Config, ModelSection, StageConfig)
 from .recipes import checked_recipes
 from .tuning import check_methods
 
@@ -35,6 +35,9 @@ def validate(cfg: Config) -> None:
         check_augmentation(name, st)
         check_optimization(name, st)
         check_validation(st, name)
+    if cfg.save_format not in SAVE_FORMATS:
+        raise ConfigError(f"save_format must be one of {SAVE_FORMATS}, got {cfg.save_format!r} "
+                          "(e.g. -o save_format=safetensors)")
     checked_recipes(cfg.transfer.by_method)
     check_geometry(cfg.model)
     check_head_and_backbone(cfg.model)

@@ -1,23 +1,70 @@
-"""Adapter-only checkpoints: just the tensors a method trained, plus its config.
+"""Adapter files: just the tensors a method trained (and the task's head), plus their config.
 
-A tuned task is then a small file on top of a shared backbone (as HF PEFT does):
-for AdaptFormer on ViT-B about 1.4% of a full checkpoint. Loading checks that
-the file was made for the same method and shapes, and fails with one line
-otherwise.
+A tuned task is then a small folder on top of a shared backbone, as HF PEFT lays it out,
+and that folder is what people pass around, so reading it must not run code from it:
+
+``adapter/adapter_model.safetensors``
+    the trained tensors by ppadapt/PaddleClas parameter name: the method's, the head's,
+    and the head's buffers (a ``bn_linear`` head's running statistics); safetensors is
+    raw bytes plus a JSON header, so loading unpickles nothing.
+``adapter/adapter_config.json``
+    ``format`` (``"ppadapt-adapter"``) and ``format_version``, ``ppadapt_version``;
+    ``method``, its ``options`` and every applied method (``methods``: e.g. branches the
+    backbone carries from pretraining); ``backbone``: the ViT geometry the tensors were
+    trained on (:data:`GEOMETRY`), checked before loading; the task: ``head`` (its type),
+    ``num_classes``, ``class_names``, ``mean``/``std`` and ``eval_resize`` (how its images
+    were preprocessed); ``base_model`` (the backbone checkpoint the transfer started from,
+    as given), ``model`` (the config's whole model section) and ``tensors`` (file name,
+    count, SHA-256: a corrupt or mixed-up copy fails before it loads).
+
+The folder is written as a whole (:func:`ppadapt.runs.checkpoint.atomic_write_dir`): an
+interrupted save leaves the previous folder or the new one, never a mix. Older ppadapt
+wrote ``adapter.pdparams``, a pickled state dict with the config as a uint8 tensor under
+:data:`META_KEY`; it still loads, through the restricted unpickler, with what its run's
+``run.json`` knows of the task (class names, normalisation) filled in.
+
+:func:`read_adapter` is the one reader (folder, its safetensors file, or an older
+``.pdparams``; a run folder finds its adapter): it returns ``(tensors, meta)``, ``meta``
+being the config above (an older file: ``format`` :data:`LEGACY_FORMAT`, its own keys
+``method``/``options``/``methods``/``model``, plus ``backbone`` from ``model`` and what
+``run.json`` gives; keys nothing gives are absent). :func:`load_adapter` puts one onto a
+model after :func:`check_adapter_fits`. Every problem is one CheckpointError line that
+names the file and the fix.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .checkpoint import atomic_save, load_state_dict
 from ..errors import CheckpointError
+from ..version import __version__
+from .checkpoint import (atomic_write_dir, file_sha256, is_safetensors, json_default, load_state_dict,
+                         read_safetensors, write_safetensors)
+from .record import RUN_RECORD, read_record
 
-META_KEY = "__ppadapt_adapter__"
+ADAPTER_DIR = "adapter"  # the folder a transfer writes in its run folder
+TENSORS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT = "ppadapt-adapter"
+FORMAT_VERSION = 1
+LEGACY_FILE = "adapter.pdparams"  # what older ppadapt wrote
+LEGACY_FORMAT = "ppadapt-adapter-pdparams"
+META_KEY = "__ppadapt_adapter__"  # the config's entry in a LEGACY_FILE
+# The backbone's geometry an adapter records; the ones in FIT must be equal for it to load
+# (img_size may differ: the position embedding is the backbone's and is resampled).
+GEOMETRY = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+            "epsilon")
+FIT = ("embed_dim", "depth", "patch_size", "num_heads", "mlp_ratio", "qkv_bias", "in_chans")
+_WORDS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch"}
+_REQUIRED = {"method": str, "options": dict, "methods": dict, "backbone": dict}
+_AGAIN = "copy the whole adapter folder again from where it was made"
 
 
 def adapter_state(model: nn.Layer) -> dict:
@@ -29,32 +76,241 @@ def adapter_state(model: nn.Layer) -> dict:
     return state
 
 
-def save_adapter(model: nn.Layer, path: str | Path, meta: dict) -> None:
-    """Write the trainable tensors and ``meta`` (method name, options, ...) atomically."""
-    state = dict(adapter_state(model))
-    # Stored as a uint8 tensor of UTF-8 JSON, so the file stays a plain name -> tensor state dict.
-    blob = json.dumps(meta, sort_keys=True, default=str).encode()
-    state[META_KEY] = paddle.to_tensor(np.frombuffer(blob, dtype="uint8").copy())
-    atomic_save(state, str(path))
+def _architecture(model_or_arch: Any) -> dict:
+    """The ViT architecture of a model (its ``config``), a ViTConfig / model section, or a dict."""
+    arch = getattr(model_or_arch, "config", model_or_arch)
+    if dataclasses.is_dataclass(arch) and not isinstance(arch, type):
+        return {f.name: getattr(arch, f.name) for f in dataclasses.fields(arch)}
+    return dict(arch) if isinstance(arch, Mapping) else {}
+
+
+def backbone_geometry(model_or_arch: Any) -> dict:
+    """The :data:`GEOMETRY` of a model, ViTConfig or model-section dict (keys it lacks are left out)."""
+    arch = _architecture(model_or_arch)
+    return {k: arch[k] for k in GEOMETRY if k in arch}
+
+
+def adapter_config(model: nn.Layer, meta: Mapping[str, Any]) -> dict:
+    """The ``adapter_config.json`` of ``model``'s adapter: ``meta`` (method, options, methods,
+    the task's class names, ...) with the format, version and geometry that the model
+    itself gives, in the documented key order (keys ``meta`` adds beyond those come last)."""
+    if not isinstance(meta.get("method"), str):
+        raise ValueError(f"an adapter's meta needs the method's name ('method'), got {meta.get('method')!r}")
+    arch = _architecture(model)
+    num_classes = meta.get("num_classes", getattr(model, "class_num", None))
+    names = meta.get("class_names")
+    if names is not None and num_classes is not None and len(names) != int(num_classes):
+        raise ValueError(f"{len(names)} class names for a head of {num_classes} classes")
+    computed = {"format": FORMAT, "format_version": FORMAT_VERSION, "ppadapt_version": __version__,
+                "method": meta["method"], "options": dict(meta.get("options") or {}),
+                "methods": dict(meta.get("methods") or {}),
+                "backbone": backbone_geometry(arch) or dict(meta.get("backbone") or {}),
+                "head": arch.get("head", meta.get("head")), "num_classes": num_classes}
+    order = ("class_names", "mean", "std", "eval_resize", "base_model", "model")
+    config = {**computed, **{k: meta[k] for k in order if k in meta}}
+    config.update({k: v for k, v in meta.items() if k not in config and k != "tensors"})
+    # through JSON once: tuples, numpy numbers and paths become what a reader gets back
+    return json.loads(json.dumps(config, default=json_default))
+
+
+def save_adapter(model: nn.Layer, path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write ``model``'s adapter as the folder ``path`` (``adapter_model.safetensors`` +
+    ``adapter_config.json``, see the module doc), atomically; returns the folder."""
+    folder = Path(path)
+    if folder.suffix in (".pdparams", ".safetensors"):
+        raise ValueError(f"an adapter is written as a folder ({TENSORS_FILE} + {CONFIG_FILE}); pass the "
+                         f"folder's path, e.g. RUN/{ADAPTER_DIR}, not {folder.name}")
+    tensors = adapter_state(model)
+    config = adapter_config(model, meta)
+
+    def write(tmp: str) -> None:
+        write_safetensors(tensors, Path(tmp) / TENSORS_FILE, {"format": "paddle"})
+        config["tensors"] = {"file": TENSORS_FILE, "count": len(tensors),
+                             "sha256": file_sha256(Path(tmp) / TENSORS_FILE)}
+        with open(Path(tmp) / CONFIG_FILE, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+
+    atomic_write_dir(folder, write)
+    return folder
+
+
+def find_adapter(path: str | Path) -> Path:
+    """The adapter ``path`` names: an adapter folder, its ``adapter_model.safetensors`` or
+    ``adapter_config.json``, an older ``adapter.pdparams``, or a run folder (its
+    ``adapter/``, else its ``adapter.pdparams``)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"adapter not found: {p} (pass the {ADAPTER_DIR}/ folder that transfer.py wrote in "
+                              f"its run folder, its {TENSORS_FILE}, or an older {LEGACY_FILE})")
+    if p.is_file():
+        return p.parent if p.name == CONFIG_FILE else p
+    if (p / TENSORS_FILE).exists() or (p / CONFIG_FILE).exists():
+        return p
+    if (p / ADAPTER_DIR).is_dir():
+        return p / ADAPTER_DIR
+    if (p / LEGACY_FILE).is_file():
+        return p / LEGACY_FILE
+    raise CheckpointError(f"{p} holds no adapter (no {TENSORS_FILE} + {CONFIG_FILE}, no {ADAPTER_DIR}/ folder, "
+                          f"no {LEGACY_FILE}); pass the {ADAPTER_DIR}/ folder of a parameter-efficient transfer")
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict]:
-    """(tensors, meta) of an adapter file; CheckpointError if it is not one."""
+    """``(tensors, meta)`` of an adapter (see :func:`find_adapter` for what ``path`` may be):
+    tensors by parameter name (paddle Tensors, in the file's dtypes) and the adapter's
+    config (the module doc lists its keys). The safetensors format is read with no pickle at
+    all; an older ``.pdparams`` through the restricted unpickler. CheckpointError if it is
+    not a readable adapter."""
+    p = find_adapter(path)
+    if p.is_dir():
+        return _read_folder(p, p / TENSORS_FILE)
+    if is_safetensors(p):
+        return _read_folder(p.parent, p)
+    return _read_legacy(p)
+
+
+def _read_config(config_path: Path) -> dict:
+    """``adapter_config.json``, checked: a JSON object of this format with the keys a loader needs."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{config_path} is not text (not UTF-8 JSON): a corrupt copy; {_AGAIN}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
+                              f"a corrupt or damaged copy; {_AGAIN}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} holds a JSON {type(config).__name__}, not an adapter config "
+                              f"(an object); {_AGAIN}")
+    if config.get("format") != FORMAT:
+        if "peft_type" in config:
+            raise CheckpointError(f"{config_path} is a Hugging Face PEFT adapter ({config['peft_type']}, for "
+                                  "PyTorch models), not a ppadapt one; pass an adapter folder that ppadapt's "
+                                  "transfer.py wrote")
+        raise CheckpointError(f"{config_path} is not a ppadapt adapter config (format {config.get('format')!r}, "
+                              f"expected {FORMAT!r}); pass an adapter folder that ppadapt's transfer.py wrote")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{config_path} has no valid format_version (got {version!r}); {_AGAIN}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{config_path} is format version {version}, written by a newer ppadapt "
+                              f"({config.get('ppadapt_version')}); this ppadapt {__version__} reads up to "
+                              f"version {FORMAT_VERSION}: upgrade ppadapt")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(config.get(key), kind):
+            got = "missing" if key not in config else f"a {type(config[key]).__name__}"
+            raise CheckpointError(f"{config_path}: '{key}' must be a {'string' if kind is str else 'JSON object'}"
+                                  f" ({got}); a damaged or hand-edited copy; {_AGAIN}")
+    return config
+
+
+def _read_folder(folder: Path, tensors_path: Path) -> tuple[dict, dict]:
+    config_path = folder / CONFIG_FILE
+    if not tensors_path.is_file():
+        raise CheckpointError(f"adapter folder {folder} has no {tensors_path.name} beside its {CONFIG_FILE}; "
+                              f"{_AGAIN} (both files)")
+    if not config_path.is_file():
+        raise CheckpointError(f"{tensors_path} has no {CONFIG_FILE} beside it, which says what the tensors are "
+                              f"for (method, backbone, classes); {_AGAIN} (both files). A full checkpoint of "
+                              "weights goes to --pretrained or predict.py instead")
+    config = _read_config(config_path)
+    if tensors_path.stat().st_size == 0:
+        raise CheckpointError(f"{tensors_path} is empty (0 bytes): an interrupted copy? {_AGAIN}")
+    tensors = read_safetensors(tensors_path, what="adapter", fix=_AGAIN)
+    recorded = config.get("tensors")
+    expected = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if expected and file_sha256(tensors_path) != expected:
+        raise CheckpointError(f"{tensors_path} does not match its {CONFIG_FILE} (the SHA-256 recorded there "
+                              f"differs): a corrupt copy, or files of two adapters mixed; {_AGAIN}")
+    if not tensors:
+        raise CheckpointError(f"{tensors_path} holds no tensors; {_AGAIN}")
+    return tensors, config
+
+
+def _read_legacy(path: Path) -> tuple[dict, dict]:
+    """An older ``adapter.pdparams``: the restricted unpickler, then the meta it kept, then
+    the task's facts from the ``run.json`` beside it where the file lacks them."""
     state = load_state_dict(str(path))
     if META_KEY not in state:
-        raise CheckpointError(f"{path} is not an adapter file (no {META_KEY} entry); pass a file that "
-                              "transfer.py wrote as adapter.pdparams")
+        raise CheckpointError(f"{path} is not an adapter file (no {META_KEY} entry); pass the {ADAPTER_DIR}/ "
+                              f"folder that transfer.py wrote (or an older {LEGACY_FILE})")
     blob = state.pop(META_KEY)
-    meta = json.loads(bytes(np.asarray(blob.numpy() if hasattr(blob, "numpy") else blob, dtype="uint8")))
+    try:
+        meta = json.loads(bytes(np.asarray(blob.numpy() if hasattr(blob, "numpy") else blob, dtype="uint8")))
+    except (ValueError, TypeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its {META_KEY} entry is not the JSON object ppadapt wrote there: a corrupt "
+                              f"file; {_AGAIN}")
+    meta = {"format": LEGACY_FORMAT, "format_version": 0, **meta}
+    if "backbone" not in meta and isinstance(meta.get("model"), dict):
+        meta["backbone"] = backbone_geometry(meta["model"])
+        meta.setdefault("head", meta["model"].get("head"))
+    _fill_from_record(meta, path.parent)
     return state, meta
 
 
+def _fill_from_record(meta: dict, run_dir: Path) -> None:
+    """What an older adapter file lacks of its task, from its run's ``run.json`` if readable."""
+    if not (run_dir / RUN_RECORD).is_file():
+        return
+    try:
+        record = read_record(run_dir, require=())
+    except (CheckpointError, OSError, ValueError):
+        return
+    if isinstance(record.class_names, list) and record.class_names:
+        meta.setdefault("class_names", [str(c) for c in record.class_names])
+        meta.setdefault("num_classes", len(record.class_names))
+    for key in ("mean", "std"):
+        value = getattr(record, key)
+        if isinstance(value, list) and len(value) == 3:
+            meta.setdefault(key, value)
+    transfer = (record.config or {}).get("transfer") if isinstance(record.config, dict) else None
+    if isinstance(transfer, dict):
+        if "eval_resize" in transfer:
+            meta.setdefault("eval_resize", transfer["eval_resize"])
+        if "pretrained" in transfer:
+            meta.setdefault("base_model", transfer["pretrained"])
+
+
+def _describe(geometry: Mapping[str, Any], extra: list[str]) -> str:
+    words = [f"{_WORDS[k]} {geometry.get(k, '?')}" for k in ("embed_dim", "depth", "patch_size")]
+    return ", ".join(words + [f"{k} {geometry.get(k, '?')}" for k in extra])
+
+
+def check_adapter_fits(meta: Mapping[str, Any], model_or_arch: Any, path: str | Path | None = None) -> None:
+    """Raise one CheckpointError line if the adapter ``meta`` describes was trained on another
+    backbone than ``model_or_arch`` (a model, ViTConfig or model-section dict): it names
+    both geometries. An adapter that records no geometry passes (names and shapes are
+    checked when it loads)."""
+    have = meta.get("backbone")
+    if not isinstance(have, Mapping) and isinstance(meta.get("model"), Mapping):
+        have = backbone_geometry(meta["model"])
+    if not isinstance(have, Mapping) or not have:
+        return
+    want = backbone_geometry(model_or_arch)
+    differ = [k for k in FIT if k in have and k in want and have[k] != want[k]]
+    if not differ:
+        return
+    extra = [k for k in differ if k not in _WORDS]
+    name = f"adapter {path}" if path is not None else "the adapter"
+    raise CheckpointError(f"{name} was trained on a ViT of {_describe(have, extra)}; this backbone has "
+                          f"{_describe(want, extra)}: load it onto the backbone it was trained on (its "
+                          f"{CONFIG_FILE} says which: backbone, base_model), or train an adapter for this one")
+
+
 def load_adapter(model: nn.Layer, path: str | Path, method: str | None = None) -> dict:
-    """Load an adapter file onto ``model`` (backbone + the same method applied); returns its meta."""
+    """Load an adapter onto ``model`` (the backbone with the same method applied, see
+    :func:`read_adapter` for what ``path`` may be); returns its meta. Nothing is copied
+    unless everything fits: method, backbone geometry, head size, every tensor's name and shape."""
     tensors, meta = read_adapter(path)
     if method is not None and meta.get("method") != method:
         raise CheckpointError(f"{path} holds a '{meta.get('method')}' adapter but the model uses method "
                               f"'{method}'; pass --method {meta.get('method')}")
+    check_adapter_fits(meta, model, path)
+    classes, own_classes = meta.get("num_classes"), getattr(model, "class_num", None)
+    if isinstance(classes, int) and isinstance(own_classes, int) and classes != own_classes:
+        raise CheckpointError(f"adapter {path} has a head for {classes} classes but the model has {own_classes}; "
+                              "use it on a task with the classes it was trained on (its class_names)")
     own = model.state_dict()
     missing = sorted(k for k in tensors if k not in own)
     wrong = sorted(k for k in tensors if k in own and list(tensors[k].shape) != list(own[k].shape))
@@ -63,5 +319,13 @@ def load_adapter(model: nn.Layer, path: str | Path, method: str | None = None) -
         raise CheckpointError(f"adapter file {path} does not fit the model ({len(missing)} unknown and "
                               f"{len(wrong)} mis-shaped tensors, e.g. {', '.join(bad)}); use the same "
                               "config and method options it was trained with")
-    model.set_state_dict(tensors)
+    values = {k: v if v.dtype == own[k].dtype else paddle.cast(v, own[k].dtype) for k, v in tensors.items()}
+    with warnings.catch_warnings():  # Paddle warns once per backbone tensor, which an adapter never holds
+        warnings.filterwarnings("ignore", message="Skip loading for")
+        model.set_state_dict(values)
     return meta
+
+
+__all__ = ["ADAPTER_DIR", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "GEOMETRY", "LEGACY_FILE", "LEGACY_FORMAT",
+           "META_KEY", "TENSORS_FILE", "adapter_config", "adapter_state", "backbone_geometry", "check_adapter_fits",
+           "find_adapter", "load_adapter", "read_adapter", "save_adapter"]

@@ -10,7 +10,16 @@ the previous file is intact. Only a process killed outright (SIGKILL, power loss
 leaves its temporary file (``.NAME.<host>-<pid>-<random>.tmp``) behind; the next
 save of the same file removes those of processes of this host that no longer run.
 
-Loading never runs code from the file: :func:`load_state_dict` reads it through
+Folders (an adapter: tensors plus their config) are written the same way as a whole
+(:func:`atomic_write_dir`): into a hidden temporary folder, then renamed into place, so a
+reader finds the previous complete folder or the new one, never one file of each.
+
+A state dict is written as a ``.pdparams`` (Paddle's pickle, the default) or as
+``.safetensors`` (:func:`save_state_dict` picks by the suffix); safetensors files are
+plain bytes plus a JSON header, read with no unpickling at all, which is why shared
+files (adapters) use them.
+
+Loading never runs code from the file: :func:`load_state_dict` reads a ``.pdparams`` through
 :mod:`ppadapt.runs.paddle_pickle` (the values ``paddle.load`` gives, from a restricted
 unpickler), so a ``.pdparams`` that would call anything but numpy's and Paddle's own
 tensor pickling is refused with one line before any of it runs. A truncated or
@@ -22,17 +31,20 @@ loading partially with a warning.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import uuid
 import warnings
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import paddle
+import safetensors.paddle
 
 from ..errors import CheckpointError, CheckpointWriteError
 from ..utils.safe_pickle import UnsafePickleError
@@ -40,6 +52,8 @@ from . import paddle_pickle
 
 _SHOWN = 4  # names listed per kind of mismatch before "and N more"
 _INTACT = "pass an intact .pdparams (copy it again, or re-run the training that wrote it)"
+_INTACT_ST = "pass an intact .safetensors (copy it again, or re-run the training that wrote it)"
+SAFETENSORS = ".safetensors"
 _TRUSTED = ("pass a .pdparams that paddle.save wrote from a state dict, or that ppadapt wrote, from a "
             "source you trust")
 
@@ -63,12 +77,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(path: str) -> list[str]:
-    """Delete the temporary files that saves of ``path`` by killed processes left behind
-    (this host, a process that no longer runs); returns their paths. POSIX only."""
+    """Delete the temporary files (and folders, see :func:`atomic_write_dir`) that saves of
+    ``path`` by killed processes left behind (this host, a process that no longer runs);
+    returns their paths. A folder's previous version (``.old``) is removed only once ``path``
+    exists again, since until then it is the only complete copy. POSIX only."""
     if os.name != "posix":  # os.kill(pid, 0) would signal the process on Windows
         return []
     directory, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(rf"\.{re.escape(name)}\.{_HOST}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    pattern = re.compile(rf"\.{re.escape(name)}\.{_HOST}-(\d+)-[0-9a-f]{{8}}\.(tmp|old)")
     removed = []
     try:
         entries = os.listdir(directory)
@@ -76,12 +92,19 @@ def remove_stale_temps(path: str) -> list[str]:
         return []
     for entry in entries:
         match = pattern.fullmatch(entry)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            try:
-                os.remove(os.path.join(directory, entry))
-                removed.append(os.path.join(directory, entry))
-            except OSError:
-                pass
+        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not os.path.exists(path):
+            continue
+        target = os.path.join(directory, entry)
+        try:
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.remove(target)
+            removed.append(target)
+        except OSError:
+            pass
     return removed
 
 
@@ -144,7 +167,103 @@ def atomic_save(obj: Any, path: str) -> None:
     _atomic_write(path, lambda tmp: paddle.save(obj, tmp))
 
 
-def _json_default(value: Any) -> Any:
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Run ``write(temp_folder)`` (it fills a new, empty folder), fsync what it wrote, then
+    put the folder at ``path`` in place of the previous one, so that readers never see a
+    mix of old and new files. The swap is two renames (the previous folder aside, the new
+    one in): a process killed between them leaves no folder at ``path`` and the previous
+    one, complete, as ``.NAME.<host>-<pid>-<random>.old``. An OSError becomes a one-line
+    CheckpointWriteError, with the previous folder put back."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CheckpointWriteError(f"cannot write the folder {path}: a file of that name is in the way",
+                                   "move or delete that file, then save again", path)
+    tmp = _temp_path(path)
+    aside = tmp[:-len(".tmp")] + ".old"
+    existed = os.path.isdir(path)
+    moved = False
+    try:
+        os.makedirs(directory, exist_ok=True)
+        remove_stale_temps(path)
+        os.mkdir(tmp)
+        write(tmp)
+        for entry in os.listdir(tmp):
+            if os.path.isfile(os.path.join(tmp, entry)):
+                _fsync_file(os.path.join(tmp, entry))
+        _fsync_dir(tmp)
+        if existed:
+            os.rename(path, aside)
+            moved = True
+        os.rename(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not os.path.exists(path):
+            try:
+                os.rename(aside, path)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+            raise _write_error(path, exc, existed) from exc
+        raise
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(directory)
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a safetensors file (by its suffix, as every ppadapt reader decides)."""
+    return os.fspath(path).endswith(SAFETENSORS)
+
+
+def _dense(value: Any) -> paddle.Tensor:
+    """A contiguous CPU tensor of ``value`` (a tensor, parameter or array), as safetensors needs."""
+    tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(np.ascontiguousarray(value))
+    tensor = tensor.detach()
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+def write_safetensors(state: Mapping[str, Any], path: str | os.PathLike,
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state`` (name -> tensor or array, any dtype Paddle has: float32, bfloat16,
+    float16, ints) to ``path`` in the safetensors format, exact bytes; not atomic by itself
+    (see :func:`save_safetensors`, :func:`atomic_write_dir`)."""
+    tensors = {str(k): _dense(v) for k, v in state.items()}
+    safetensors.paddle.save_file(tensors, os.fspath(path), metadata=dict(metadata) if metadata else None)
+
+
+def save_safetensors(state: Mapping[str, Any], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """:func:`write_safetensors`, atomically (see :func:`atomic_save`)."""
+    _atomic_write(os.fspath(path), lambda tmp: write_safetensors(state, tmp, metadata))
+
+
+def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a state dict atomically, as safetensors when ``path`` ends in ``.safetensors``,
+    else as Paddle's ``.pdparams`` (``paddle.save``, byte for byte what it always wrote)."""
+    if is_safetensors(path):
+        save_safetensors(state, path, {"format": "paddle"})
+    else:
+        atomic_save(state, os.fspath(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file: what an adapter's config records of its tensors file, so a
+    corrupt or mixed-up copy is found before it loads."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_default(value: Any) -> Any:
     """numpy scalars/arrays (e.g. dataset mean/std) and paths, which ``json`` refuses."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
@@ -157,7 +276,7 @@ def atomic_write_json(data: dict, path: str) -> None:
     """Write ``data`` as indented JSON to ``path``, atomically (see :func:`atomic_save`)."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=_json_default)
+            json.dump(data, f, indent=2, default=json_default)
             f.write("\n")
 
     _atomic_write(path, write)
@@ -182,8 +301,26 @@ def load_failure(exc: Exception, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}: {reason[:160]}"
 
 
-def load_state_dict(path: str) -> dict:
-    """Load a ``.pdparams`` state dict (name -> tensor), or raise a one-line CheckpointError."""
+def read_safetensors(path: str | os.PathLike, what: str = "checkpoint", fix: str = _INTACT_ST) -> dict:
+    """The tensors of a safetensors file (name -> paddle.Tensor, in the file's dtypes), read
+    as bytes: no pickle, no code, and no memory map left on the file (the tensors own their
+    memory, so the file may be replaced while they are used). A truncated, corrupt or
+    foreign file is one CheckpointError line; ``what`` names the file in it, ``fix`` says what to do."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return safetensors.paddle.load(data)
+    except Exception as e:  # SafetensorError (header, bounds), an unknown dtype, ...
+        raise CheckpointError(
+            f"{what} {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
+            f"safetensors file ({load_failure(e, path)}); {fix}") from None
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """Load a state dict (name -> tensor) from a ``.pdparams`` (the restricted unpickler) or a
+    ``.safetensors`` (no unpickling at all), or raise a one-line CheckpointError."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(
@@ -195,6 +332,12 @@ def load_state_dict(path: str) -> dict:
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy? "
                               "Re-create or re-download it")
+    if is_safetensors(path):
+        state = read_safetensors(path)
+        if not state:
+            raise CheckpointError(f"checkpoint {path} holds no tensors: not a checkpoint of weights; "
+                                  f"{_INTACT_ST}")
+        return state
     try:
         state = paddle_pickle.load(path)
     except UnsafePickleError as e:

@@ -1,13 +1,13 @@
 """Rebuild a trained model from what a training run left on disk.
 
 A run directory (see :func:`ppadapt.training.engine.run_stage`) holds ``best.pdparams``,
-``final.pdparams`` and ``run.json``, whose ``config`` is the full config of the
-run. :func:`load_run` rebuilds the same network from that config (architecture,
-AdaptFormer branches, the transfer's tuning method applied exactly as the
-transfer applied it), loads the weights strictly (every tensor, no extra one,
-same shapes), and returns it in eval mode with every parameter frozen, together
-with what a caller needs to preprocess images the way the run evaluated them
-(class names, mean/std, image size).
+``final.pdparams`` (``.safetensors`` with ``save_format: safetensors``) and ``run.json``,
+whose ``config`` is the full config of the run. :func:`load_run` rebuilds the same
+network from that config (architecture, AdaptFormer branches, the transfer's tuning
+method applied exactly as the transfer applied it), loads the weights strictly (every
+tensor, no extra one, same shapes), and returns it in eval mode with every parameter
+frozen, together with what a caller needs to preprocess images the way the run
+evaluated them (class names, mean/std, image size).
 
 Shared by :mod:`ppadapt.apps.predict` and :mod:`ppadapt.apps.export`.
 """
@@ -20,8 +20,9 @@ from typing import Any
 from ..config import config_from_dict, transfer_method, validate
 from ..errors import CheckpointError, ConfigError
 from ..methods.build import apply_transfer_method, build_model
-from .adapter_file import META_KEY
+from .adapter_file import ADAPTER_DIR, CONFIG_FILE, META_KEY, TENSORS_FILE
 from .checkpoint import load_state_dict, load_weights
+from .layout import find_weights
 from .record import RUN_RECORD, RunRecord, read_record
 
 WEIGHTS = ("best", "final")
@@ -36,7 +37,7 @@ class LoadedRun:
     config: Any  # ppadapt.config.Config of the run
     record: RunRecord  # run.json
     run_dir: Path
-    weights: Path  # the .pdparams that was loaded
+    weights: Path  # the .pdparams / .safetensors that was loaded
     stage: str  # "pretrain" or "transfer"
     method: str  # the tuning method applied ("full" for a pretraining run)
     class_names: list[str]
@@ -52,12 +53,19 @@ class LoadedRun:
         return len(self.class_names)
 
 
-def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tuple[Path, Path]:
-    """``(run_dir, weights_file)`` of a run directory or of a ``.pdparams`` inside one.
+def _adapter_only(path: Path) -> str:
+    return (f"{path} is an adapter-only checkpoint (just the tuned tensors, no backbone); pass the run "
+            "directory or its best / final checkpoint, which hold the whole model")
 
-    For a directory, ``weights`` picks ``best.pdparams`` or ``final.pdparams``;
-    ``None`` means best, or final when the run has no best (it never evaluated).
-    A file must sit next to the ``run.json`` of its run; ``weights`` must then be None.
+
+def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tuple[Path, Path]:
+    """``(run_dir, weights_file)`` of a run directory or of a ``.pdparams`` / ``.safetensors``
+    inside one.
+
+    For a directory, ``weights`` picks ``best`` or ``final``; ``None`` means best, or final
+    when the run has no best (it never evaluated). A file must sit next to the ``run.json``
+    of its run; ``weights`` must then be None. An adapter (folder or file) is refused with
+    a line that says to pass its run instead.
     """
     if weights is not None and weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -68,16 +76,22 @@ def resolve_checkpoint(checkpoint: str | Path, weights: str | None = None) -> tu
     if path.is_dir():
         run_dir = path
         if not (run_dir / RUN_RECORD).is_file():
+            if (run_dir / CONFIG_FILE).is_file() or (run_dir / TENSORS_FILE).is_file():
+                raise CheckpointError(_adapter_only(run_dir))
             raise CheckpointError(f"{run_dir} is not a run directory: it has no {RUN_RECORD} (pass the "
                                   "folder that train.py / transfer.py wrote, e.g. output/<run>/)")
         names = [weights] if weights else list(WEIGHTS)
         for name in names:
-            if (run_dir / f"{name}.pdparams").is_file():
-                return run_dir, run_dir / f"{name}.pdparams"
+            found = find_weights(run_dir, name)
+            if found is not None:
+                return run_dir, found
         raise CheckpointError(f"run directory {run_dir} has no {' or '.join(f'{n}.pdparams' for n in names)}"
-                              " (the run was interrupted before saving?)")
+                              " (nor .safetensors; the run was interrupted before saving?)")
     if weights is not None:
         raise ConfigError(f"--weights {weights} applies to a run directory; {path} is already a file")
+    if path.name in (TENSORS_FILE, CONFIG_FILE) or (path.parent.name == ADAPTER_DIR
+                                                     and (path.parent / CONFIG_FILE).is_file()):
+        raise CheckpointError(_adapter_only(path))
     if not (path.parent / RUN_RECORD).is_file():
         raise CheckpointError(f"no {RUN_RECORD} next to {path}: the model cannot be rebuilt without its run "
                               "record (keep the checkpoint in its run directory, or pass the directory)")
@@ -130,8 +144,7 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
     model, method, stage = build_run_model(cfg, record)
     state = load_state_dict(str(weights_file))
     if META_KEY in state:
-        raise CheckpointError(f"{weights_file} is an adapter-only file (just the tuned tensors); pass the run "
-                              "directory or its best.pdparams / final.pdparams, which hold the whole model")
+        raise CheckpointError(_adapter_only(weights_file))
     try:
         load_weights(model, state)
     except CheckpointError as exc:
@@ -164,4 +177,4 @@ def describe(run: LoadedRun) -> str:
 
 
 __all__ = ["LoadedRun", "REQUIRED", "RUN_RECORD", "WEIGHTS", "build_run_model", "config_from_record", "describe",
-           "load_run", "resolve_checkpoint"]
+           "load_run", "find_weights", "resolve_checkpoint"]

@@ -24,6 +24,7 @@ from ..methods.trainable import ParamCount, count_parameters
 from ..models.vit import VisionTransformer
 from ..runs.adapter_file import load_adapter
 from ..runs.checkpoint import load_weights
+from ..runs.layout import find_weights
 from ..runs.pretrained import load_pretrained
 from ..runs.record import RunRecord
 from ..utils.files import ensure_writable
@@ -162,9 +163,10 @@ def summary_lines(result: StageResult, k: int) -> str:
             return text + (f": val top-1 {100 * val:.2f}%)" if val is not None else ")")
         return text + (f"; val top-1 {100 * val:.2f}%)" if val is not None else ")")
     out = result.run_dir
+    best, final = (find_weights(out, n) or out / f"{n}.pdparams" for n in ("best", "final"))
     return "\n".join([
         f"best eval:  {fmt(result.best, best=True)}",
         f"final eval: {fmt(result.final)}",
-        f"checkpoints: {out / 'best.pdparams'}, {out / 'final.pdparams'} (run record: {out / 'run.json'})",
+        f"checkpoints: {best}, {final} (run record: {out / 'run.json'})",
         f"VisualDL logs: {out / 'vdl'}  (view: visualdl --logdir {out.parent} --language en)",
     ])

@@ -14,7 +14,7 @@ it: :mod:`ppadapt.runs.resume_file`). It is one ``paddle.save`` dict:
 ``epoch``          the epoch to continue with (0-based; = epochs once all are done)
 ``batch``          batches of ``epoch`` already trained (0 at an epoch boundary)
 ``global_step``    batches trained in the whole run; ``steps_per_epoch``, ``nranks``
-``finished``       True once final.pdparams (and adapter.pdparams) are written
+``finished``       True once final.pdparams (and the adapter/ folder) are written
 ``model``          the network's state dict (structured names)
 ``optimizer``      ``optimizer.state_dict()`` (momentum accumulators, by Paddle's tensor
                    names), ``optimizer_lr`` and ``param_names`` (structured name ->

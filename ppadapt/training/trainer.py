@@ -18,8 +18,9 @@ from ..errors import CheckpointError, CheckpointWriteError, TrainingError, Train
 from ..methods import adapter_file_meta
 from ..methods.groups import parameter_groups
 from ..methods.trainable import ParamCount
-from ..runs.adapter_file import save_adapter
+from ..runs.adapter_file import ADAPTER_DIR, LEGACY_FILE, save_adapter
 from ..runs.checkpoint import atomic_save
+from ..runs.layout import default_pretrained
 from ..runs.record import RunRecord
 from ..runs.resume_file import RESUME_FILE, TOOLS
 from .callbacks import (AdaptationMonitor, BestAndFinalCheckpoint, EpochProgBar, EpochSetup, EvalLossMean,
@@ -34,9 +35,23 @@ from .resume import capture, gather_rng_states, remap_optimizer_state, restore_g
 from .signals import StopRequest, stop_on_sigint
 
 
-def adapter_meta(cfg: Config, model: paddle.nn.Layer) -> dict:
-    """What an adapter file records to be applied again: method, its options, model."""
-    return {**adapter_file_meta(model, transfer_method(cfg)), "model": cfg.to_dict()["model"]}
+def adapter_meta(cfg: Config, model: paddle.nn.Layer, data: StageData | None = None,
+                 pretrained: Path | None = None) -> dict:
+    """What an adapter records to be applied again and to serve its task: method, its options,
+    the model section, and (given the stage's ``data``) the class names and how images were
+    normalised and resized; ``base_model`` is the backbone it was trained on, as the config
+    gives it (``pretrained``: the file that resolved to, when the config leaves it implicit)."""
+    meta = {**adapter_file_meta(model, transfer_method(cfg)), "model": cfg.to_dict()["model"]}
+    if data is not None:
+        meta.update(class_names=[str(c) for c in data.class_names], mean=[float(v) for v in data.mean],
+                    std=[float(v) for v in data.std])
+    meta["eval_resize"] = cfg.transfer.eval_resize
+    given = cfg.transfer.pretrained
+    if given is not None and given.lower() == "none":
+        meta["base_model"] = None
+    else:
+        meta["base_model"] = given or (str(pretrained) if pretrained else str(default_pretrained(cfg)))
+    return meta
 
 
 def record_header(plan: StagePlan, data: StageData, params: ParamCount) -> RunRecord:
@@ -84,7 +99,7 @@ class Trainer:
                                                                          start_epoch=plan.start_epoch)
         self.saver = BestAndFinalCheckpoint(str(out), meta=meta, start_epoch=plan.start_epoch,
                                             resume_path=str(self.resume_path), eval_loss=eval_loss,
-                                            validation=validation)
+                                            validation=validation, save_format=cfg.save_format)
         self.lr = lr_callback(cfg, stage, self.steps, nranks=nranks)
         paddle_rng = metric_states = None
         if plan.resumed:
@@ -178,14 +193,19 @@ class Trainer:
             self.vdl.close()
 
     def finish(self, log: Callable[[str], None]) -> None:
-        """The adapter-only file (a parameter-efficient transfer) and the finished resume checkpoint."""
+        """The adapter-only folder (a parameter-efficient transfer) and the finished resume checkpoint."""
         if not self.is_main:
             return
         out, cfg = self.plan.run_dir, self.plan.cfg
         try:
             if self.plan.stage == "transfer" and transfer_method(cfg) != "full":
-                save_adapter(self.model, out / "adapter.pdparams", adapter_meta(cfg, self.model))
-                log(f"adapter-only checkpoint: {out / 'adapter.pdparams'}")
+                folder = save_adapter(self.model, out / ADAPTER_DIR,
+                                      adapter_meta(cfg, self.model, self.data, self.plan.pretrained))
+                log(f"adapter-only checkpoint: {folder}/ (adapter_model.safetensors + adapter_config.json)")
+                if (out / LEGACY_FILE).is_file():  # an older ppadapt's, of an earlier run in this folder
+                    (out / LEGACY_FILE).unlink()
+                    log(f"removed {out / LEGACY_FILE} of an earlier run (an older ppadapt's format; {folder}/ "
+                        "replaces it)")
             atomic_save(self.capture(epoch=self.epochs, batch=0, reason="finished",
                                      paddle_rng=gather_rng_states(1), finished=True), str(self.resume_path))
         except CheckpointWriteError as exc:

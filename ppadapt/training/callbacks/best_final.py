@@ -7,7 +7,8 @@ Files written in ``run_dir`` (local rank 0 only, every write atomic, see
     the network's state dict after the evaluation with the best ``monitor`` value
     (higher is better, or lower for a monitor whose name contains ``loss``);
 ``final.pdparams``
-    the network's state dict at the end of training;
+    the network's state dict at the end of training (with ``save_format="safetensors"``:
+    ``best.safetensors`` and ``final.safetensors``, the same tensors, read without unpickling);
 ``run.json``
     the run's :class:`~ppadapt.runs.record.RunRecord`: the header given as ``meta``, then
     ``"history": [...], "best": {...}, "final": {...}, "checkpoints": {...}``,
@@ -47,7 +48,7 @@ import time
 
 import paddle
 
-from ...runs.checkpoint import atomic_save
+from ...runs.checkpoint import save_state_dict
 from ...runs.record import RUN_RECORD, RunRecord, write_record
 from .loss import EvalLossMean, LossMean, eval_loss_source, log_value
 from .validation import ValidationEval
@@ -60,24 +61,27 @@ def _metrics(logs: dict, names: list[str]) -> dict:
 
 
 class BestAndFinalCheckpoint(paddle.callbacks.Callback):
-    """Save ``best.pdparams`` on improvement, ``final.pdparams`` at the end, and ``run.json``."""
+    """Save ``best.pdparams`` on improvement, ``final.pdparams`` at the end (or ``.safetensors``),
+    and ``run.json``."""
 
     def __init__(self, run_dir: str, meta: RunRecord | dict | None = None, monitor: str = "acc_top1", *,
                  start_epoch: int = 0, resume_path: str | None = None,
-                 eval_loss: EvalLossMean | None = None, validation: ValidationEval | None = None) -> None:
+                 eval_loss: EvalLossMean | None = None, validation: ValidationEval | None = None,
+                 save_format: str = "pdparams") -> None:
         """``start_epoch``: epochs done before this ``fit`` call (a resumed run);
         ``resume_path``: the run's resumable checkpoint, listed in run.json;
         ``eval_loss``: the shared eval-loss mean (None: this callback keeps its own);
         ``validation``: the validation split's evaluation; best is then chosen on its
-        ``val_<monitor>``."""
+        ``val_<monitor>``; ``save_format``: ``pdparams`` or ``safetensors``, the best and
+        final files' suffix and format."""
         super().__init__()
         self.run_dir = run_dir
         # the record's header (RunRecord.header), or a resume checkpoint's meta dict
         self.header = meta if isinstance(meta, RunRecord) else RunRecord.from_dict(meta or {})
         self.validation = validation
         self.monitor = monitor if validation is None else f"val_{monitor.removeprefix('eval_')}"
-        self.best_path = os.path.join(run_dir, "best.pdparams")
-        self.final_path = os.path.join(run_dir, "final.pdparams")
+        self.best_path = os.path.join(run_dir, f"best.{save_format}")
+        self.final_path = os.path.join(run_dir, f"final.{save_format}")
         self.json_path = os.path.join(run_dir, RUN_RECORD)
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -205,7 +209,7 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
             self.best = {"epoch": entry["epoch"], "eval_loss": eval_loss, **metrics,
                          self.monitor: value}
             if self._is_write():
-                atomic_save(self.model.network.state_dict(), self.best_path)
+                save_state_dict(self.model.network.state_dict(), self.best_path)
         self._write_record()
 
     # -- end -------------------------------------------------------------------
@@ -218,5 +222,5 @@ class BestAndFinalCheckpoint(paddle.callbacks.Callback):
         last = self.history[-1] if self.history else {}
         self.final = {k: v for k, v in last.items() if not k.endswith("_seconds")}
         if self._is_write():
-            atomic_save(network.state_dict(), self.final_path)
+            save_state_dict(network.state_dict(), self.final_path)
         self._write_record()
