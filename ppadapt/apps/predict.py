@@ -107,9 +107,7 @@ class Predictor:
 
     def top(self, probabilities: np.ndarray) -> list[dict]:
         """``{"labels", "scores"}`` of each row: the ``topk`` classes, most probable first."""
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.topk]
-        return [{"labels": [self.class_names[i] for i in row], "scores": [float(p[i]) for i in row]}
-                for p, row in zip(probabilities, order)]
+        return top_k(probabilities, self.class_names, self.topk)
 
     def predict(self, images: Sequence[Any]) -> list[dict]:
         """Top-k of each image of a list (paths, PIL images, arrays), in order."""
@@ -126,6 +124,14 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({str(self.run.weights)!r}, topk={self.topk}, method={self.run.method!r}, "
                 f"classes={len(self.class_names)}, img_size={self.img_size})")
+
+
+def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict]:
+    """``{"labels", "scores"}`` of each row of ``probabilities``: the ``k`` most probable
+    classes first (ties in class order), the one output form of every predictor."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [{"labels": [class_names[i] for i in row], "scores": [float(p[i]) for i in row]}
+            for p, row in zip(probabilities, order)]
 
 
 def _array_to_rgb(image: np.ndarray) -> np.ndarray:
