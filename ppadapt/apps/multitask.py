@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -40,16 +39,15 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..config.tuning import build_options
-from ..data.images import IMAGE_SUFFIX_TEXT, decode_image, first_paths
 from ..data.transforms import EvalTransform
-from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..methods import applied_methods, get_method
 from ..methods.base import Detached
 from ..models.vit import VisionTransformer, make_head
 from ..runs.backbone import Backbone, load_backbone
 from ..runs.checkpoint import load_weights
 from ..runs.tasks import TaskFile, geometry_mismatch, read_task
-from .predict import DEFAULT_BATCH, DEFAULT_TOPK, Predictor, expand_images, format_result, top_k
+from .predict import DEFAULT_BATCH, DEFAULT_TOPK, Predictor, expand_images, top_k
 
 AdapterSpecs = Mapping[str, "str | os.PathLike | TaskFile"] | Iterable[tuple[str, "str | os.PathLike | TaskFile"]]
 
@@ -65,7 +63,9 @@ class Task:
     head: nn.Layer
     detached: Detached | None  # its method's modules off the model (None: a method the backbone carries)
     overrides: dict  # backbone tensor name -> this task's value (BitFit's biases, carried branches)
-    transform: EvalTransform
+    transform: EvalTransform  # its run's evaluation preprocessing
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     carried: bool  # its method is one the backbone carries: no modules of its own, only overrides
 
     @property
@@ -98,11 +98,13 @@ class Task:
 
 
 def check_task_name(name: Any) -> str:
-    """A task name: a non-empty string without ``,`` or ``=`` (the command lines' separators)
-    or surrounding whitespace; ConfigError otherwise."""
-    if not isinstance(name, str) or not name or name != name.strip() or "," in name or "=" in name:
-        raise ConfigError(f"bad task name {name!r}: use a non-empty name without ',', '=' or surrounding spaces, "
-                          "e.g. cifar10")
+    """A task name: a non-empty string without ``,`` or ``=`` (the command lines' separators),
+    path separators or a leading ``.`` (export writes a folder per task), or surrounding
+    whitespace; ConfigError otherwise."""
+    if (not isinstance(name, str) or not name or name != name.strip() or name.startswith(".")
+            or any(c in name for c in ",=/\\")):
+        raise ConfigError(f"bad task name {name!r}: use a non-empty name without ',', '=', '/', a leading '.' or "
+                          "surrounding spaces, e.g. cifar10")
     return name
 
 
@@ -196,6 +198,22 @@ class MultiTaskModel:
         """Task ``task``'s logits of a preprocessed N x 3 x H x W float32 batch."""
         self.activate(task)
         return self.model(batch if isinstance(batch, paddle.Tensor) else paddle.to_tensor(batch))
+
+    def logits_per_image(self, batch: np.ndarray, tasks: Sequence[str]) -> list[np.ndarray]:
+        """Each image's logits for its own task (a mixed batch): the images are grouped per task
+        (in order of first appearance), each group run with its task active, and the rows
+        returned in input order."""
+        if len(tasks) != len(batch):
+            raise ConfigError(f"{len(tasks)} task(s) for {len(batch)} image(s): give one per image")
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(tasks):
+            groups.setdefault(name, []).append(i)
+        out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(batch)
+        for name, indices in groups.items():
+            rows = self.logits(batch[indices], name).numpy()
+            for i, row in zip(indices, rows):
+                out[i] = row
+        return out
 
     def standalone(self, name: str) -> VisionTransformer:
         """Task ``name`` as a separate full model (backbone tensors copied): what export writes,
@@ -317,4 +335,278 @@ class MultiTaskModel:
         transform = EvalTransform(mean, std, self.backbone.img_size, center_crop=center_crop)
         file.tensors = {}  # loaded: the task's parts hold them now
         return Task(name=name, file=file, head=head, detached=detached, overrides=overrides, transform=transform,
-                    carried=carried)
+                    mean=tuple(mean), std=tuple(std), carried=carried)  # type: ignore[arg-type]
+
+
+# --- the predictor -------------------------------------------------------------------------
+
+def _pairs(adapters: AdapterSpecs | None) -> list[tuple[str, Any]]:
+    if adapters is None:
+        return []
+    if isinstance(adapters, Mapping):
+        return list(adapters.items())
+    out = []
+    for item in adapters:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ConfigError(f"adapters must be a mapping of task name to adapter path, or (name, path) pairs; "
+                              f"got {item!r}")
+        out.append((item[0], item[1]))
+    return out
+
+
+class MultiTaskPredictor:
+    """Top-k classification for many tasks on one backbone: :class:`ppadapt.Predictor`'s
+    output, per task.
+
+    ``backbone``: a ppadapt run folder (its ``final.pdparams``, what transfer.py loads by
+    default; ``weights="best"`` for the other) or checkpoint, ``paddleclas:NAME`` / ``NAME``
+    (PaddleClas's weights; ``weights_file`` for a local copy, ``img_size``/``patch_size`` to
+    resample them as the transfer did), or a loaded :class:`~ppadapt.runs.backbone.Backbone`.
+    ``adapters``: ``{task name: adapter file, folder or its transfer run folder}`` (or
+    ``(name, path)`` pairs); more with :meth:`add_task`, fewer with :meth:`remove_task`.
+
+    ``predictor(images, task="cifar10")`` classifies every image for one task;
+    ``predictor(images, tasks=[...])`` gives each image its own task. With one task
+    registered, ``task`` may be left out. Images are what :class:`~ppadapt.Predictor` takes;
+    one image gives one dict, a list a list of dicts in the same order. Each task
+    preprocesses with its own run's normalisation and resize.
+    """
+
+    def __init__(self, backbone: str | os.PathLike | Backbone, adapters: AdapterSpecs | None = None,
+                 topk: int = DEFAULT_TOPK, *, weights: str | None = None, weights_file: str | os.PathLike | None = None,
+                 img_size: int | None = None, patch_size: int | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> None:
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ConfigError(f"topk must be a positive integer, got {topk!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+        pairs = _pairs(adapters)
+        names = [name for name, _ in pairs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # before the backbone is loaded: a typo fails fast
+            raise ConfigError(f"two tasks named '{twice[0]}': give each adapter its own name")
+        for name in names:
+            check_task_name(name)
+        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
+            backbone, weights=weights, weights_file=weights_file, img_size=img_size, patch_size=patch_size)
+        self.model = MultiTaskModel(self.backbone)
+        self.topk = topk
+        self.batch_size = batch_size
+        for name, path in pairs:
+            self.add_task(name, path)
+
+    # -- tasks ----------------------------------------------------------------------------
+    def add_task(self, name: str, adapter: str | os.PathLike | TaskFile) -> Task:
+        """Register an adapter as task ``name`` (no restart; see :meth:`MultiTaskModel.add_task`)."""
+        return self.model.add_task(name, adapter)
+
+    def remove_task(self, name: str) -> None:
+        """Unregister task ``name`` and free what it held."""
+        self.model.remove_task(name)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The registered task names, in the order added."""
+        return list(self.model.tasks)
+
+    def class_names(self, task: str) -> list[str]:
+        return list(self.model.task(task).class_names)
+
+    def task_list(self, count: int, task: str | None = None, tasks: Sequence[str] | None = None) -> list[str]:
+        """The task of each of ``count`` images from a call's ``task`` / ``tasks``; ConfigError
+        for both, neither (with several tasks), a wrong length or an unknown name."""
+        if task is not None and tasks is not None:
+            raise ConfigError("pass task= (one task for every image) or tasks= (one per image), not both")
+        if tasks is None:
+            if task is None:
+                if len(self.model.tasks) != 1:
+                    raise ConfigError(f"name the task: task=NAME or tasks=[one per image] (tasks: "
+                                      f"{', '.join(self.model.tasks) or 'none yet'})")
+                task = next(iter(self.model.tasks))
+            self.model.task(task)
+            return [task] * count
+        if isinstance(tasks, str):
+            raise ConfigError(f"tasks= is one task name per image; for one task for all, pass task={tasks!r}")
+        tasks = list(tasks)
+        if len(tasks) != count:
+            raise ConfigError(f"tasks= names {len(tasks)} task(s) for {count} image(s): give one per image")
+        for name in dict.fromkeys(tasks):
+            self.model.task(name)
+        return tasks
+
+    # -- outputs --------------------------------------------------------------------------
+    def logits(self, images: Sequence[Any], task: str | None = None, *,
+               tasks: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Each image's logits (float32, its task's class count), in input order."""
+        return self._run(images, task, tasks, softmax=False)
+
+    def probabilities(self, images: Sequence[Any], task: str | None = None, *,
+                      tasks: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Each image's softmax probabilities over its task's classes, in input order."""
+        return self._run(images, task, tasks, softmax=True)
+
+    def _run(self, images: Sequence[Any], task: str | None, tasks: Sequence[str] | None,
+             softmax: bool) -> list[np.ndarray]:
+        images = list(images)
+        names = self.task_list(len(images), task, tasks)
+        out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(images)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):  # per task, in order of first appearance
+            groups.setdefault(name, []).append(i)
+        for name, indices in groups.items():
+            transform = self.model.task(name).transform
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                batch = np.stack([transform(Predictor.to_rgb(images[i])) for i in chunk])
+                logits = self.model.logits(batch, name)
+                rows = (F.softmax(logits, axis=-1) if softmax else logits).numpy()
+                for i, row in zip(chunk, rows):
+                    out[i] = row
+        return out
+
+    def predict(self, images: Sequence[Any], task: str | None = None, *,
+                tasks: Sequence[str] | None = None) -> list[dict]:
+        """Top-k of each image of a list, for its task, in input order."""
+        images = list(images)
+        names = self.task_list(len(images), task, tasks)
+        probabilities = self.probabilities(images, tasks=names) if images else []
+        return [top_k(p[None], self.class_names(name), min(self.topk, len(p)))[0]
+                for p, name in zip(probabilities, names)]
+
+    def __call__(self, images: Any, task: str | None = None, *, tasks: Sequence[str] | None = None
+                 ) -> dict | list[dict]:
+        if isinstance(images, (list, tuple)):
+            return self.predict(images, task, tasks=tasks)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return self.predict(list(images), task, tasks=tasks)
+        return self.predict([images], task, tasks=tasks)[0]
+
+    def __repr__(self) -> str:
+        return (f"MultiTaskPredictor({self.backbone.source!r}, tasks={self.tasks}, topk={self.topk}, "
+                f"img_size={self.backbone.img_size})")
+
+
+# --- command lines ---------------------------------------------------------------------------
+
+def add_backbone_arguments(p: argparse.ArgumentParser, *, weights: bool = False) -> None:
+    """``--backbone``, ``--backbone-file``, ``--img-size``, ``--patch-size``, ``--adapter NAME=PATH``
+    (and ``--weights`` when the tool has none): the shared backbone and its tasks."""
+    g = p.add_argument_group("many tasks on one backbone")
+    g.add_argument("--backbone", metavar="RUN_OR_NAME",
+                   help="the shared backbone: a ppadapt run folder (its final.pdparams, what transfer.py loads "
+                        "by default; --weights best for the other) or checkpoint, or paddleclas:NAME (PaddleClas's "
+                        "ImageNet weights, as transfer.py --backbone NAME)")
+    g.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="a task: its name and its adapter file (or the transfer run folder holding it); "
+                        "repeat for more tasks")
+    g.add_argument("--backbone-file", metavar="PATH",
+                   help="with paddleclas:NAME: a local copy of its weights (default: PaddleClas's cache or a download)")
+    g.add_argument("--img-size", type=int, metavar="PX",
+                   help="with paddleclas:NAME: the input size the tasks were trained at (-o model.img_size)")
+    g.add_argument("--patch-size", type=int, metavar="PX",
+                   help="with paddleclas:NAME: the patch size the tasks were trained with (-o model.patch_size)")
+    if weights:
+        g.add_argument("--weights", choices=("best", "final"),
+                       help="with a run folder as --backbone: best.pdparams or final.pdparams (default)")
+
+
+def parse_adapter_args(values: Sequence[str]) -> list[tuple[str, str]]:
+    """``["cifar10=PATH", ...]`` as ``[("cifar10", "PATH"), ...]``; ConfigError for a malformed
+    entry or a name given twice."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--adapter {value!r}: expected NAME=PATH, e.g. --adapter cifar10=output/RUN/adapter.pdparams")
+        name = check_task_name(name.strip())
+        if any(name == known for known, _ in pairs):
+            raise ConfigError(f"two tasks named '{name}' (--adapter {name}=... is given twice): give each adapter "
+                              "its own name")
+        pairs.append((name, path.strip()))
+    return pairs
+
+
+def backbone_from_args(args: argparse.Namespace) -> Backbone:
+    """The backbone the command line names (``--backbone`` and its options)."""
+    return load_backbone(args.backbone, weights=getattr(args, "weights", None), weights_file=args.backbone_file,
+                         img_size=args.img_size, patch_size=args.patch_size,
+                         log=lambda line: print(line, file=sys.stderr))
+
+
+def check_many_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The ``--adapter`` pairs, once ``--backbone`` and ``--adapter`` are checked to come together."""
+    pairs = parse_adapter_args(args.adapter)
+    if args.backbone is None:
+        raise ConfigError("--adapter needs --backbone: the backbone the adapters were trained on")
+    if not pairs:
+        raise ConfigError("--backbone needs at least one --adapter NAME=PATH (the tasks to serve on it)")
+    return pairs
+
+
+def read_task_file(path: str | os.PathLike, tasks: Sequence[str]) -> list[tuple[Path, str]]:
+    """The ``image,task`` lines of a task file as ``(image, task)``, in order.
+
+    Blank lines and lines starting with ``#`` are skipped; the last comma separates the
+    task (an image path may hold commas); relative image paths are from the current folder.
+    One-line errors name the file and line: a malformed line (ConfigError), an unknown task
+    (ConfigError), a missing image (DataError).
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read task file {path} ({' '.join(str(exc).split())})") from None
+    out = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        image, sep, task = line.rpartition(",")
+        image, task = image.strip(), task.strip()
+        where = f"task file {path} line {number}"
+        if not sep or not image or not task:
+            raise ConfigError(f"{where}: expected IMAGE,TASK, got {line!r}")
+        if task not in tasks:
+            raise ConfigError(f"{where}: unknown task '{task}' (tasks: {', '.join(tasks)})")
+        file = Path(image).expanduser()
+        if not file.is_file():
+            raise DataError(f"{where}: image not found: {file}")
+        out.append((file, task))
+    if not out:
+        raise DataError(f"task file {path} lists no image (expected lines IMAGE,TASK)")
+    return out
+
+
+def prepare_many(args: argparse.Namespace) -> tuple[list[Path], list[str], MultiTaskPredictor]:
+    """``predict.py --backbone ... --adapter ...``: the images, each one's task, and the predictor
+    (everything a typo could break is checked before the backbone is loaded)."""
+    pairs = check_many_args(args)
+    names = [name for name, _ in pairs]
+    if args.task is not None and args.task_file is not None:
+        raise ConfigError("pass --task (one task for every image) or --task-file (a task per image), not both")
+    if args.task_file is not None:
+        if args.images:
+            raise ConfigError("with --task-file the images come from the file: pass no IMAGE arguments")
+        entries = read_task_file(args.task_file, names)
+        files, tasks = [file for file, _ in entries], [task for _, task in entries]
+    else:
+        if not args.images:
+            raise ConfigError("no images given: pass image files, folders or patterns (or --task-file)")
+        task = args.task
+        if task is None:
+            if len(names) > 1:
+                raise ConfigError(f"name the task with --task NAME, or give each image its own with --task-file "
+                                  f"(tasks: {', '.join(names)})")
+            task = names[0]
+        if task not in names:
+            raise ConfigError(f"unknown task '{task}' (tasks: {', '.join(names)})")
+        files = expand_images(args.images)
+        tasks = [task] * len(files)
+    predictor = MultiTaskPredictor(backbone_from_args(args), pairs, args.topk, batch_size=args.batch_size)
+    return files, tasks, predictor
+
+
+def describe_many(predictor: MultiTaskPredictor) -> str:
+    """What was loaded: the backbone, then one line per task."""
+    return "\n".join([f"loaded {predictor.backbone.describe()}"]
+                     + [f"  {t.describe()}" for t in predictor.model.tasks.values()])

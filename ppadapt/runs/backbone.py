@@ -15,7 +15,7 @@ from typing import Any, Callable
 import paddle.nn as nn
 
 from ..errors import ConfigError
-from ..methods import applied_methods
+from ..methods import applied_methods, get_method
 from ..models.paddleclas_archs import backbone_names, paddleclas_normalization, paddleclas_vit_config
 from ..models.vit import ViTConfig, VisionTransformer
 from .loading import load_run
@@ -50,7 +50,7 @@ class Backbone:
 
     def describe(self) -> str:
         a = self.arch
-        carried = "".join(f", carries {name}" for name in self.carried)
+        carried = "".join(f", carries {get_method(name).modules or name}" for name in self.carried)
         return (f"backbone {self.source}: ViT {a.img_size}px patch {a.patch_size}, width {a.embed_dim}, "
                 f"depth {a.depth}{carried}")
 
