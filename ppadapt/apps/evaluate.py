@@ -142,7 +142,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         description="Score tasks (adapter files) on their test sets through one shared backbone, beside\n"
                     "each run's own final top-1.\n\n"
                     "  python ppadapt/evaluate.py --backbone output/digits_pretrain_digits \\\n"
-                    "      --adapter lora=output/digits_transfer_digits_lora --adapter ssf=output/digits_transfer_digits_ssf")
+                    "      --adapter lora=output/digits_transfer_digits_lora \\\n"
+                    "      --adapter ssf=output/digits_transfer_digits_ssf --mixed")
     add_backbone_arguments(p, weights=True)
     p.add_argument("--task", action="append", default=[], metavar="NAME",
                    help="evaluate only this task (repeat for more; default: every --adapter)")

@@ -324,7 +324,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                     "or one model per task (adapter file) on a shared backbone.\n\n"
                     "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora\n"
                     "  python ppadapt/export.py --backbone output/digits_pretrain_digits \\\n"
-                    "      --adapter lora=output/RUN_A --adapter ssf=output/RUN_B --output deploy  # deploy/lora, deploy/ssf")
+                    "      --adapter lora=output/RUN_A --adapter ssf=output/RUN_B --output deploy  # deploy/{lora,ssf}")
     p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="run directory (output/<run>/) or a .pdparams next to its run.json")
     p.add_argument("--output", required=True, metavar="DIR",

@@ -267,7 +267,10 @@ class MultiTaskModel:
         if file.method == "full":
             raise CheckpointError(f"{where} is a full fine-tuning, which has no adapter to share a backbone")
         own = {n: self._normalised(n, o, where) for n, o in file.methods.items()}
-        carried_by_task = {n: o for n, o in own.items() if n != file.method or n in self._carried}
+        if file.carried is not None:  # what its training backbone carried, as recorded
+            carried_by_task = {n: o for n, o in own.items() if n in file.carried}
+        else:  # every other method it had, and its own if this backbone carries it
+            carried_by_task = {n: o for n, o in own.items() if n != file.method or n in self._carried}
         if set(carried_by_task) != set(self._carried):
             def words(names: Iterable[str]) -> str:
                 mods = [get_method(n).modules or n for n in names]
@@ -517,7 +520,8 @@ def parse_adapter_args(values: Sequence[str]) -> list[tuple[str, str]]:
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--adapter {value!r}: expected NAME=PATH, e.g. --adapter cifar10=output/RUN/adapter.pdparams")
+            raise ConfigError(f"--adapter {value!r}: expected NAME=PATH, e.g. "
+                              "--adapter cifar10=output/RUN/adapter.pdparams")
         name = check_task_name(name.strip())
         if any(name == known for known, _ in pairs):
             raise ConfigError(f"two tasks named '{name}' (--adapter {name}=... is given twice): give each adapter "

@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
                     "  python ppadapt/predict.py --checkpoint output/cpu_transfer_cifar10_frozen cat.png dog.jpg\n"
                     "  python ppadapt/predict.py --checkpoint output/RUN/final.pdparams 'photos/*.jpg' --json\n"
                     "  python ppadapt/predict.py --backbone output/digits_pretrain_digits \\\n"
-                    "      --adapter lora=output/RUN_A/adapter.pdparams --adapter ssf=output/RUN_B --task lora img.png\n"
+                    "      --adapter lora=output/RUN_A/adapter.pdparams --adapter ssf=output/RUN_B --task lora a.png\n"
                     "  python ppadapt/predict.py --backbone ... --adapter ... --task-file images.csv  # IMAGE,TASK lines")
     p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="run directory (output/<run>/) or a .pdparams next to its run.json")

@@ -18,11 +18,11 @@ declares:
 
 Written once here: injection (:meth:`Tuner.apply`: parent lookup, the one "already
 applied" check, the record), taking a method's modules off a model and putting them back
-(:meth:`Tuner.detach` / :meth:`Tuner.attach`: many tasks on one backbone), trainability (:meth:`Tuner.mark_trainable`: head always
-trains), the record of applied methods and their options on the model
-(:func:`applied_methods`, one attribute), the metadata of adapter files
-(:func:`adapter_file_meta`), the parameters methods added (:func:`added_parameter_names`)
-and the merge loop (:attr:`Tuner.merge`).
+(:meth:`Tuner.detach` / :meth:`Tuner.attach`: many tasks on one backbone), trainability
+(:meth:`Tuner.mark_trainable`: head always trains), the record of applied methods and
+their options on the model (:func:`applied_methods`, one attribute), the metadata of
+adapter files (:func:`adapter_file_meta`), the parameters methods added
+(:func:`added_parameter_names`) and the merge loop (:attr:`Tuner.merge`).
 
 Every module is attached beside the backbone's layers and wired in with forward hooks,
 so no backbone parameter is renamed and a plain ViT checkpoint still loads.

@@ -113,8 +113,8 @@ def _paddleclas_backbone(name: str, weights_file: str | Path | None, img_size: i
     model.eval()
     for param in model.parameters():
         param.stop_gradient = True
-    return Backbone(model=model, mean=tuple(mean), std=tuple(std), source=f"{SCHEME}{name} ({path})",  # type: ignore[arg-type]
-                    weights=path)
+    return Backbone(model=model, mean=tuple(mean), std=tuple(std),  # type: ignore[arg-type]
+                    source=f"{SCHEME}{name} ({path})", weights=path)
 
 
 __all__ = ["Backbone", "DEFAULT_WEIGHTS", "is_paddleclas_backbone", "load_backbone"]

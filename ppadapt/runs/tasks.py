@@ -43,6 +43,7 @@ class TaskFile:
     mean: tuple[float, float, float] | None = None  # None: not recorded, the backbone's
     std: tuple[float, float, float] | None = None
     eval_resize: str = "none"  # how evaluation resized images ("resize_center_crop" or "none")
+    carried: list[str] | None = None  # the methods its backbone carried (None: not recorded)
     record: RunRecord | None = None  # the run.json beside it, when there is one
     run_dir: Path | None = None
     meta: dict = field(default_factory=dict)
@@ -136,12 +137,17 @@ def read_task(path: str | Path) -> TaskFile:
                               f"{len(class_names)} class names")
     mean = meta.get("mean", record.mean if record is not None else None)
     std = meta.get("std", record.std if record is not None else None)
+    carry = model.get("carry")
+    if not isinstance(carry, Mapping) and isinstance(config.get("model"), Mapping):
+        carry = config["model"].get("carry")
     stage = config.get("transfer") if isinstance(config.get("transfer"), Mapping) else {}
     eval_resize = str(meta.get("eval_resize") or stage.get("eval_resize") or "none")
     return TaskFile(path=path, tensors=dict(tensors), method=method, options=dict(meta.get("options") or {}),
                     methods={str(k): dict(v or {}) for k, v in methods.items()}, model=dict(model),
                     class_names=[str(c) for c in class_names], mean=_triple(mean, "mean", path),
-                    std=_triple(std, "std", path), eval_resize=eval_resize, record=record, run_dir=run_dir,
+                    std=_triple(std, "std", path), eval_resize=eval_resize,
+                    carried=[str(k) for k in carry] if isinstance(carry, Mapping) else None, record=record,
+                    run_dir=run_dir,
                     meta=dict(meta))
 
 
