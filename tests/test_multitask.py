@@ -382,3 +382,24 @@ print("training modules:", sorted(m for m in sys.modules if m.startswith("ppadap
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == "training modules: []", proc.stdout[-2000:]
+
+
+def test_bench_multitask_report(capsys):
+    """``bench.py --multitask`` on a tiny model: the report's shape and the byte counts (no timings checked)."""
+    from ppadapt.apps.bench import main
+
+    argv = ["--multitask", "--tasks", "1,3", "--methods", "bitfit,lora,ssf", "-o", "model.embed_dim=32",
+            "-o", "model.depth=2", "-o", "model.num_heads=2", "--steps", "1", "--warmup", "1", "--batch-size", "4",
+            "--json", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["tasks"] for r in report["memory"]] == [1, 3]
+    one, three = report["memory"]
+    backbone = report["setup"]["backbone_bytes"]
+    assert one["shared_held_bytes"] > backbone and three["shared_held_bytes"] < 1.5 * backbone  # the backbone once
+    assert three["separate_held_bytes"] > 3 * backbone  # three full models
+    assert [r["method"] for r in report["switch"]] == ["bitfit", "lora", "ssf"]
+    assert report["switch"][0]["copied_bytes"] > 0 and report["switch"][1]["copied_bytes"] == 0  # BitFit's biases
+    assert [m["tasks"] for m in report["throughput"]["mixed"]] == [2]
+    assert main(["--multitask", "--methods", "full,lora", "--quiet"]) == 2
+    assert "full fine-tuning has no adapter" in capsys.readouterr().err
