@@ -20,7 +20,7 @@ from ppadapt.apps.multitask import MultiTaskModel, MultiTaskPredictor, read_task
 from ppadapt.apps.predict import Predictor, predict_main
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.data.digits import load_digits_splits
-from ppadapt.errors import CheckpointError, ConfigError, DataError
+from ppadapt.errors import CheckpointError, ConfigError, DataError, PPAdaptWarning
 from ppadapt.runs.backbone import load_backbone
 from ppadapt.runs.tasks import find_adapter
 
@@ -158,6 +158,14 @@ def test_tasks_are_added_and_removed_at_run_time(world):
     predictor.add_task("lora", world["runs"]["lora"] / "adapter.pdparams")
     assert predictor.tasks == ["ssf", "lora"]
     assert all(np.array_equal(a, b) for a, b in zip(before, predictor.logits(world["arrays"][:2], task="ssf")))
+
+
+def test_a_backbone_file_and_a_warning_for_another_pretrained_file(world, recwarn):
+    predictor = MultiTaskPredictor(world["backbone"] / "final.pdparams", {"lora": world["runs"]["lora"]})
+    assert predictor.backbone.weights.name == "final.pdparams" and not recwarn.list
+    with pytest.warns(PPAdaptWarning, match="task 'lora' was trained from .*final.pdparams, not from the "
+                                            "backbone's .*best.pdparams"):
+        MultiTaskPredictor(world["backbone"], {"lora": world["runs"]["lora"]}, weights="best")
 
 
 def test_adaptformer_as_a_method_on_a_plain_backbone(world):
@@ -403,3 +411,15 @@ def test_bench_multitask_report(capsys):
     assert [m["tasks"] for m in report["throughput"]["mixed"]] == [2]
     assert main(["--multitask", "--methods", "full,lora", "--quiet"]) == 2
     assert "full fine-tuning has no adapter" in capsys.readouterr().err
+
+
+def test_the_scripts_run_and_fail_in_one_line(world):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    common = ["--backbone", str(world["backbone"]), *adapters(world, "linear")]
+    proc = subprocess.run([sys.executable, str(REPO / "ppadapt" / "evaluate.py"), *common], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1].split()[:2] == ["linear", "linear"] and proc.stdout.rstrip().endswith("equal")
+    proc = subprocess.run([sys.executable, str(REPO / "ppadapt" / "predict.py"), *common, "--task", "cifar",
+                           str(world["images"])], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 2 and error_line(proc.stderr) == "error: unknown task 'cifar' (tasks: linear)"

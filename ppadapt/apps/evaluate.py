@@ -47,7 +47,8 @@ class TaskScore:
         return None if self.recorded_top1 is None else abs(self.acc_top1 - self.recorded_top1) <= 1e-6
 
 
-def task_test_set(model: MultiTaskModel, name: str, data_file: str | None = None):
+def task_test_set(model: MultiTaskModel, name: str, data_file: str | None = None
+                  ) -> tuple[str, np.ndarray, np.ndarray]:
     """Task ``name``'s test set as its run evaluated it: ``(dataset name, images, labels)``
     (images preprocessed, N x 3 x H x W float32)."""
     task = model.task(name)

@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -40,12 +41,14 @@ import paddle.nn.functional as F
 
 from ..config.tuning import build_options
 from ..data.transforms import EvalTransform
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError, PPAdaptWarning
 from ..methods import applied_methods, get_method
-from ..methods.base import Detached
+from ..methods.base import RECORD, Detached
 from ..models.vit import VisionTransformer, make_head
 from ..runs.backbone import Backbone, load_backbone
 from ..runs.checkpoint import load_weights
+from ..runs.layout import default_pretrained
+from ..runs.loading import config_from_record
 from ..runs.tasks import TaskFile, geometry_mismatch, read_task
 from .predict import DEFAULT_BATCH, DEFAULT_TOPK, Predictor, expand_images, top_k
 
@@ -120,6 +123,10 @@ class MultiTaskModel:
         self.model = backbone.model
         self.tasks: dict[str, Task] = {}
         self.active: str | None = None
+        # What the backbone carries is what changes its structure: modules. A method that attaches
+        # none (a backbone that is a full or BitFit transfer run records it) is no part of it.
+        setattr(self.model, RECORD, {name: options for name, options in applied_methods(self.model).items()
+                                     if get_method(name).modules})
         self._tensors = dict(self.model.state_dict())  # the backbone's own tensors (the live parameters)
         self._pristine: dict[str, paddle.Tensor] = {}  # backbone values of the tensors some task overrides
         self._carried = {name: self._normalised(name, options, "the backbone")
@@ -139,6 +146,7 @@ class MultiTaskModel:
                               "adapter its own name")
         file = adapter if isinstance(adapter, TaskFile) else read_task(adapter)
         self._check_fits(name, file)
+        self._check_source(name, file)
         self.deactivate()  # the backbone's own values while the new task's parts are built
         task = self._build(name, file)
         self.tasks[name] = task
@@ -283,6 +291,32 @@ class MultiTaskModel:
                 k = diff[0]
                 raise CheckpointError(f"{where} was trained on a backbone whose {carried} modules have {k}="
                                       f"{options[k]!r}; this backbone's have {k}={self._carried[carried].get(k)!r}")
+
+    def _check_source(self, name: str, file: TaskFile) -> None:
+        """A warning when the task's run recorded another pretrained file than the backbone's
+        weights: same shapes, other values, so its logits would not be its own model's."""
+        weights = self.backbone.weights
+        record = file.record
+        if weights is None or record is None or not isinstance(record.config, Mapping):
+            return
+        transfer = record.config.get("transfer") if isinstance(record.config.get("transfer"), Mapping) else {}
+        value = transfer.get("pretrained")
+        if isinstance(value, str) and (value.lower() == "none" or value.startswith("paddleclas:")):
+            return
+        if value is None:
+            try:
+                source = default_pretrained(config_from_record(record.config))
+            except PPAdaptError:
+                return
+        else:
+            source = Path(value).expanduser()
+        try:
+            same = os.path.samefile(source, weights)
+        except OSError:  # not here any more (another machine, moved): nothing to compare
+            return
+        if not same:
+            warnings.warn(f"task '{name}' was trained from {source}, not from the backbone's {weights}: if their "
+                          "backbone tensors differ, its predictions here are not its run's", PPAdaptWarning)
 
     def _build(self, name: str, file: TaskFile) -> Task:
         where = f"adapter '{name}' ({file.path})"
