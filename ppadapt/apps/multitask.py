@@ -62,7 +62,7 @@ class Task:
     """One registered task: what it adds to the backbone, kept off the model while inactive."""
 
     name: str
-    file: TaskFile  # its tensors are dropped once loaded into the parts below
+    file: TaskFile  # what was read, without the tensors (the parts below hold them)
     head: nn.Layer
     detached: Detached | None  # its method's modules off the model (None: a method the backbone carries)
     overrides: dict  # backbone tensor name -> this task's value (BitFit's biases, carried branches)
@@ -370,8 +370,8 @@ class MultiTaskModel:
         std = file.std or self.backbone.std
         center_crop = file.eval_resize == "resize_center_crop"
         transform = EvalTransform(mean, std, self.backbone.img_size, center_crop=center_crop)
-        file.tensors = {}  # loaded: the task's parts hold them now
-        return Task(name=name, file=file, head=head, detached=detached, overrides=overrides, transform=transform,
+        return Task(name=name, file=dataclasses.replace(file, tensors={}),  # its parts hold the tensors now
+                    head=head, detached=detached, overrides=overrides, transform=transform,
                     mean=tuple(mean), std=tuple(std), carried=carried)  # type: ignore[arg-type]
 
 

@@ -92,7 +92,7 @@ def shared_model(arch: ViTConfig, backbone: dict, tasks: Sequence[TaskFile]) -> 
         param.stop_gradient = True
     served = MultiTaskModel(Backbone(model=model, mean=(0.5,) * 3, std=(0.5,) * 3, source="random weights"))
     for i, task in enumerate(tasks):
-        served.add_task(f"t{i}", dataclasses.replace(task, tensors=dict(task.tensors)))
+        served.add_task(f"t{i}", task)
     return served
 
 
