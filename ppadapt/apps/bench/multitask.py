@@ -249,14 +249,16 @@ def format_multitask(report: dict) -> str:
     rows = []
     for r in report["memory"]:
         s, p = r["shared"], r["separate"]
-        ratio = p["served"]["rss_bytes"] / s["served"]["rss_bytes"] if s["served"]["rss_bytes"] > 0 else float("nan")
+        ratios = [p[when]["rss_bytes"] / s[when]["rss_bytes"] if s[when]["rss_bytes"] > 0 else float("nan")
+                  for when in ("loaded", "served")]
         rows.append([str(r["tasks"]),
                      f"{_mib(s['loaded']['rss_bytes'])} / {_mib(s['served']['rss_bytes'])}",
                      _mib(s["served"]["tensor_bytes"]), _mib(r["shared_held_bytes"]),
                      f"{_mib(p['loaded']['rss_bytes'])} / {_mib(p['served']['rss_bytes'])}",
-                     _mib(p["served"]["tensor_bytes"]), _mib(r["separate_held_bytes"]), f"{ratio:.1f}x"])
+                     _mib(p["served"]["tensor_bytes"]), _mib(r["separate_held_bytes"]),
+                     f"{ratios[0]:.1f}x / {ratios[1]:.1f}x"])
     lines += _table(["tasks", "one backbone: resident", "tensors", "weights", "separate models: resident",
-                     "tensors", "weights", "separate / shared"], rows, set(range(8)))
+                     "tensors", "weights", "separate / shared resident"], rows, set(range(8)))
     lines += ["", "switching tasks (activate, from the task before it in a cycle over all tasks)"]
     rows = [[r["method"], f"{1e3 * r['switch_s']['median']:.3f}", f"{1e3 * r['switch_s']['min']:.3f}",
              f"{1e3 * r['switch_s']['max']:.3f}", size_in(r["copied_bytes"], "KiB"), size_in(r["task_bytes"], "KiB")]
