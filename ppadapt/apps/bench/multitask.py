@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import paddle
 
-from ...methods import applied_methods, get_method
+from ...methods import METHODS, applied_methods, get_method
 from ...models.vit import ViTConfig, VisionTransformer
 from ...runs.backbone import Backbone
 from ...runs.checkpoint import load_weights
@@ -42,7 +42,7 @@ from .stats import rate, summarize
 from .tables import _table
 
 DEFAULT_TASKS = (1, 5, 20)
-DEFAULT_METHODS = ("adaptformer", "lora", "bitfit", "ssf", "vpt-deep", "adapter", "linear")
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "full")  # every method that writes an adapter
 MIXES = (2, 5, 20)  # tasks in a mixed batch
 
 
