@@ -14,9 +14,10 @@ from .methods.trainable import count_parameters, set_trainable, trainable_parame
 from . import methods as _methods  # noqa: E402
 from .models import VisionTransformer, ViTConfig  # noqa: E402
 from .apps.predict import Predictor  # noqa: E402
+from .apps.multitask import MultiTaskPredictor  # noqa: E402
 
 globals().update({name: getattr(_methods, name) for name in _methods.PACKAGE_EXPORTS})  # the methods' top-level names
 
 from .version import __version__  # noqa: E402
-__all__ = ["Predictor", "VisionTransformer", "ViTConfig", *_methods.PACKAGE_EXPORTS,
+__all__ = ["MultiTaskPredictor", "Predictor", "VisionTransformer", "ViTConfig", *_methods.PACKAGE_EXPORTS,
            "count_parameters", "set_trainable", "trainable_parameters", "__version__"]

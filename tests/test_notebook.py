@@ -56,7 +56,7 @@ def test_notebook_is_committed_clean():
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
     params = nb.cells[parameters_index(nb)].source
-    for name in ("CONFIG", "DATA_FILE", "OUTPUT", "OVERRIDES", "EPOCHS_PRETRAIN", "EPOCHS_TRANSFER",
+    for name in ("CONFIG", "DATA_FILE", "OUTPUT", "OVERRIDES", "EPOCHS_PRETRAIN", "EPOCHS_TRANSFER", "EPOCHS_TASKS",
                  "PADDLECLAS_BACKBONE", "PADDLECLAS_WEIGHTS", "OFFLINE_BACKBONE"):
         assert f"{name} = " in params
 
@@ -94,7 +94,7 @@ def test_notebook_runs_on_tiny_data(tmp_path):
 
     nb = read_notebook()
     values = (f"CONFIG = 'configs/cpu.yaml'\nDATA_FILE = {str(archive)!r}\nOUTPUT = {str(out)!r}\n"
-              f"OVERRIDES = {TINY_OVERRIDES!r}\nEPOCHS_PRETRAIN = 1\nEPOCHS_TRANSFER = 1\n"
+              f"OVERRIDES = {TINY_OVERRIDES!r}\nEPOCHS_PRETRAIN = 1\nEPOCHS_TRANSFER = 1\nEPOCHS_TASKS = 1\n"
               "PADDLECLAS_BACKBONE = 'ViT_base_patch16_224'\nPADDLECLAS_WEIGHTS = None\nOFFLINE_BACKBONE = 'small'")
     injected = nbformat.v4.new_code_cell(values)
     injected.metadata["tags"] = ["injected-parameters"]
@@ -157,3 +157,16 @@ def test_notebook_runs_on_tiny_data(tmp_path):
     assert 0 < record["params"]["trainable"] < record["params"]["total"]
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert len(tables) == 2 and "from the PaddleClas checkpoint" in tables[1]
+
+    # Section 9: two digits tasks and section 6's CIFAR task served from one backbone, a mixed batch,
+    # and each task's accuracy through it equal to its run's final top-1.
+    for name in ("cpu_transfer_digits_lora", "cpu_transfer_digits_bitfit"):
+        assert (out / name / "adapter.pdparams").is_file(), name
+    assert f"backbone {out / 'cpu_pretrain_cifar10' / 'final.pdparams'}: ViT 32px patch 8, width 32, depth 2, " \
+        "carries AdaptFormer branches" in lines
+    assert [line.split()[0] for line in lines if line.startswith(("digits-lora ", "digits-bitfit ", "cifar10 "))
+            and "[" in line] == ["digits-lora", "cifar10", "digits-bitfit", "cifar10"]
+    scores = [line.split() for line in lines if line.startswith(("cifar10 ", "digits-lora ", "digits-bitfit "))
+              and line.rstrip().endswith(("equal", "DIFFERENT"))]
+    assert [(row[0], row[1], row[-1]) for row in scores] == [
+        ("cifar10", "adaptformer", "equal"), ("digits-lora", "lora", "equal"), ("digits-bitfit", "bitfit", "equal")]

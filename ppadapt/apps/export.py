@@ -1,6 +1,8 @@
 """Export a trained run as a Paddle inference model: the logic behind ``export.py``.
 
-The model is rebuilt from the run (:mod:`ppadapt.runs.loading`), mergeable
+The model is rebuilt from the run (:mod:`ppadapt.runs.loading`) (or, with ``--backbone`` and
+``--adapter NAME=PATH``, each task's own model is built from the shared backbone and its
+adapter: :func:`export_tasks`, one folder per task), mergeable
 methods (LoRA, SSF) are folded into the backbone weights so the exported graph
 is a plain ViT, and ``paddle.jit.save`` writes the program and weights with a
 dynamic batch: input ``image`` of shape ``[N, 3, H, W]`` float32, output the
@@ -42,6 +44,8 @@ from ..methods import get_method
 from ..runs.loading import describe, load_run
 from ..utils.files import ensure_writable
 from ..utils.formatting import format_size
+from .multitask import (MultiTaskModel, MultiTaskPredictor, add_backbone_arguments, backbone_from_args,
+                        check_many_args, describe_many)
 from .tool import ArgumentParser, run_tool
 
 PREFIX = "inference"
@@ -88,18 +92,53 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
     run = load_run(checkpoint, weights)
     log(describe(run))
     model, size = run.model, run.img_size
-    probe = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype("float32")
+    probe = _probe(size)
     with paddle.no_grad():
         reference = model(paddle.to_tensor(probe)).numpy()  # the model as trained, before merging
+    merged = _merge(model, run.method, log)
+    center_crop = run.config.stage(run.stage).eval_resize == "resize_center_crop"
+    info = ExportInfo(img_size=size, class_names=list(run.class_names), mean=run.mean, std=run.std,
+                      center_crop=center_crop,
+                      source={"run_dir": str(run.run_dir), "weights": str(run.weights), "stage": run.stage,
+                              "method": run.method, "merged": list(merged)})
+    return _write_export(model, out, info, run.method, merged, probe, reference, verify=verify, onnx=onnx,
+                         opset=opset, log=log)
 
-    merged = []
-    method = get_method(run.method)
-    if method.merge is not None:
-        method.merge(model)
-        merged.append(run.method)
-        log(f"merged {run.method} into the backbone weights (none of its layers is left in the graph)")
+
+@dataclass
+class ExportInfo:
+    """What ``inference.yml`` tells a deployer besides the files: input size, classes,
+    preprocessing, and where the model came from."""
+
+    img_size: int
+    class_names: list[str]
+    mean: Sequence[float]
+    std: Sequence[float]
+    center_crop: bool
+    source: dict
+
+
+def _probe(size: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, 3, size, size)).astype("float32")
+
+
+def _merge(model: paddle.nn.Layer, method_name: str, log: Callable[[str], None]) -> list[str]:
+    """Fold a mergeable method into the backbone weights; the names of those merged."""
+    method = get_method(method_name)
+    if method.merge is None:
+        return []
+    method.merge(model)
+    log(f"merged {method_name} into the backbone weights (none of its layers is left in the graph)")
+    return [method_name]
+
+
+def _write_export(model: paddle.nn.Layer, out: Path, info: ExportInfo, method: str, merged: list[str],
+                  probe: np.ndarray, reference: np.ndarray, *, verify: bool, onnx: bool, opset: int,
+                  log: Callable[[str], None]) -> ExportResult:
+    """``paddle.jit.save`` of ``model`` in ``out``, checked against ``reference`` (the dygraph
+    logits of ``probe``) with paddle.inference, and its ``inference.yml``."""
+    size = info.img_size
     model.eval()
-
     out.mkdir(parents=True, exist_ok=True)
     for name in OWN_FILES:
         (out / name).unlink(missing_ok=True)
@@ -114,7 +153,7 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
         raise ExportError(f"paddle.jit.save wrote {written} in {out}, not {PREFIX}.json/.pdmodel + .pdiparams")
 
     result = ExportResult(output=out, model_file=model_file, params_file=params_file, meta_file=out / META_FILE,
-                          files=[], method=run.method, img_size=size, merged=merged)
+                          files=[], method=method, img_size=size, merged=merged)
     predictor = _inference_predictor(model_file, params_file)
     result.input_name = predictor.get_input_names()[0]
     result.output_name = predictor.get_output_names()[0]
@@ -122,11 +161,49 @@ def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | N
         result.max_abs_diff = _check(predictor, probe, reference)
         log(f"checked with paddle.inference: batches of 1 and 2 give the dygraph model's logits "
             f"(max abs diff {result.max_abs_diff:.1e})")
-    _write_meta(result, run)
+    _write_meta(result, info)
     if onnx:
         result.onnx_file = _to_onnx(result, opset)
     result.files = sorted(p for p in out.iterdir() if p.name in OWN_FILES)
     return result
+
+
+def export_tasks(model: MultiTaskModel, output: str | Path, *, names: Sequence[str] | None = None,
+                 onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, ExportResult]:
+    """One Paddle inference model per task of ``model`` (default: all), in ``output/<task>/``.
+
+    Each is the task's own full model (:meth:`MultiTaskModel.standalone`: the backbone's
+    tensors copied, a mergeable method folded in) and is checked against the logits the
+    shared backbone gives for that task, so what is deployed is what was served.
+    """
+    if onnx and importlib.util.find_spec("paddle2onnx") is None:
+        raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
+                          "(pip install paddle2onnx, or export without --onnx)")
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} exists and is not a folder")
+    ensure_writable(out, ExportError)
+    names = list(names) if names else list(model.tasks)
+    for name in names:
+        model.task(name)
+    results = {}
+    size = model.backbone.img_size
+    probe = _probe(size)
+    for name in names:
+        task = model.task(name)
+        log(f"task {name}: {task.method} adapter {task.file.path}")
+        reference = model.logits(probe, name).numpy()  # the task as the shared backbone serves it
+        standalone = model.standalone(name)
+        merged = _merge(standalone, task.method, log)
+        info = ExportInfo(img_size=size, class_names=list(task.class_names), mean=task.mean, std=task.std,
+                          center_crop=task.transform.center_crop,
+                          source={"backbone": model.backbone.source, "adapter": str(task.file.path), "task": name,
+                                  "method": task.method, "merged": list(merged)})
+        results[name] = _write_export(standalone, out / name, info, task.method, merged, probe, reference,
+                                      verify=verify, onnx=onnx, opset=opset, log=log)
+        del standalone  # one task's full model at a time
+    return results
 
 
 # Printed by Paddle 3.3's C++ logging on every jit.save of a ViT; it concerns nothing we do.
@@ -189,17 +266,17 @@ def _check(predictor, probe: np.ndarray, reference: np.ndarray) -> float:
     return worst
 
 
-def _write_meta(result: ExportResult, run) -> None:
+def _write_meta(result: ExportResult, info: ExportInfo) -> None:
     from .. import __version__  # ppadapt/__init__.py imports the apps: read it when the package is complete
 
-    size = run.img_size
+    size = info.img_size
     meta = {
         "model": {
             "model_file": result.model_file.name,
             "params_file": result.params_file.name,
             "input": {"name": result.input_name, "shape": [-1, 3, size, size], "dtype": "float32",
                       "layout": "NCHW"},
-            "output": {"name": result.output_name, "shape": [-1, len(run.class_names)],
+            "output": {"name": result.output_name, "shape": [-1, len(info.class_names)],
                        "meaning": "logits: softmax gives the class probabilities"},
         },
         "preprocess": {
@@ -207,17 +284,13 @@ def _write_meta(result: ExportResult, run) -> None:
             "resize": [size, size],
             "interpolation": "area to shrink, bilinear to enlarge (OpenCV)",
             "normalize": "(pixel / 255 - mean) / std per channel, then HWC to CHW",
-            "mean": [float(v) for v in run.mean],
-            "std": [float(v) for v in run.std],
+            "mean": [float(v) for v in info.mean],
+            "std": [float(v) for v in info.std],
         },
-        "class_names": list(run.class_names),
-        "source": {
-            "run_dir": str(run.run_dir), "weights": str(run.weights), "stage": run.stage,
-            "method": run.method, "merged": list(result.merged),
-            "ppadapt": __version__, "paddle": paddle.__version__,
-        },
+        "class_names": list(info.class_names),
+        "source": {**info.source, "ppadapt": __version__, "paddle": paddle.__version__},
     }
-    if run.config.stage(run.stage).eval_resize == "resize_center_crop":  # evaluated as ImageNet recipes do
+    if info.center_crop:  # evaluated as ImageNet recipes do
         rest = {k: v for k, v in meta["preprocess"].items() if k not in ("color", "resize")}
         meta["preprocess"] = {"color": "RGB", "resize_shorter_side": center_crop_shorter_side(size),
                               "center_crop": [size, size], **rest}
@@ -248,31 +321,51 @@ ROLES = {".json": "program (PIR)", ".pdmodel": "program", ".pdiparams": "weights
 def export_main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(
         prog="export.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged.\n\n"
-                    "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora")
-    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+        description="Export a trained run as a Paddle inference model (dynamic batch), with LoRA/SSF merged;\n"
+                    "or one model per task (adapter file) on a shared backbone.\n\n"
+                    "  python ppadapt/export.py --checkpoint output/cpu_transfer_cifar10_lora --output deploy/lora\n"
+                    "  python ppadapt/export.py --backbone output/digits_pretrain_digits \\\n"
+                    "      --adapter lora=output/RUN_A --adapter ssf=output/RUN_B --output deploy  # deploy/{lora,ssf}")
+    p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="run directory (output/<run>/) or a .pdparams / .safetensors next to its run.json")
     p.add_argument("--output", required=True, metavar="DIR",
                    help=f"folder for {PREFIX}.json/.pdiparams and {META_FILE} (created; earlier export files "
-                        "there are replaced)")
+                        "there are replaced); with --backbone, one subfolder per task")
     p.add_argument("--weights", choices=("best", "final"),
                    help="with a run directory: best.pdparams (default; final if the run has no best) "
-                        "or final.pdparams (.safetensors with save_format: safetensors)")
+                        "or final.pdparams (.safetensors with save_format: safetensors); with --backbone a run directory: its "
+                        "final (default) or best")
     p.add_argument("--onnx", action="store_true",
                    help=f"also write {PREFIX}.onnx with paddle2onnx (must be installed)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--no-check", action="store_true",
                    help="skip loading the export with paddle.inference and comparing it with the model")
+    add_backbone_arguments(p)
     args = p.parse_args(argv)
 
-    def main() -> int:
-        result = export_model(args.checkpoint, args.output, weights=args.weights, onnx=args.onnx,
-                              opset=args.opset, verify=not args.no_check)
+    def show(result: ExportResult) -> None:
         print(f"exported to {result.output} (input '{result.input_name}' [N, 3, "
               f"{result.img_size}, {result.img_size}] float32, output '{result.output_name}' logits):")
         for path in result.files:
             size = format_size(path.stat().st_size, ("KiB", "MiB"))
             print(f"  {path}  {size}, {ROLES.get(path.suffix, '')}")
+
+    def main() -> int:
+        if args.backbone is not None or args.adapter:
+            if args.checkpoint is not None:
+                raise ConfigError("pass --checkpoint (one run) or --backbone with --adapter NAME=PATH (a model per "
+                                  "task), not both")
+            pairs = check_many_args(args)
+            predictor = MultiTaskPredictor(backbone_from_args(args), pairs)
+            print(describe_many(predictor), file=sys.stderr)
+            results = export_tasks(predictor.model, args.output, onnx=args.onnx, opset=args.opset,
+                                   verify=not args.no_check, log=lambda line: print(line, file=sys.stderr))
+            for result in results.values():
+                show(result)
+            return 0
+        if args.checkpoint is None:
+            raise ConfigError("--checkpoint is required (or --backbone with --adapter NAME=PATH: a model per task)")
+        show(export_model(args.checkpoint, args.output, weights=args.weights, onnx=args.onnx,
+                          opset=args.opset, verify=not args.no_check))
         return 0
     return run_tool(main)
-

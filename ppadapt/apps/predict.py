@@ -107,9 +107,7 @@ class Predictor:
 
     def top(self, probabilities: np.ndarray) -> list[dict]:
         """``{"labels", "scores"}`` of each row: the ``topk`` classes, most probable first."""
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.topk]
-        return [{"labels": [self.class_names[i] for i in row], "scores": [float(p[i]) for i in row]}
-                for p, row in zip(probabilities, order)]
+        return top_k(probabilities, self.class_names, self.topk)
 
     def predict(self, images: Sequence[Any]) -> list[dict]:
         """Top-k of each image of a list (paths, PIL images, arrays), in order."""
@@ -126,6 +124,14 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({str(self.run.weights)!r}, topk={self.topk}, method={self.run.method!r}, "
                 f"classes={len(self.class_names)}, img_size={self.img_size})")
+
+
+def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict]:
+    """``{"labels", "scores"}`` of each row of ``probabilities``: the ``k`` most probable
+    classes first (ties in class order), the one output form of every predictor."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [{"labels": [class_names[i] for i in row], "scores": [float(p[i]) for i in row]}
+            for p, row in zip(probabilities, order)]
 
 
 def _array_to_rgb(image: np.ndarray) -> np.ndarray:
@@ -204,25 +210,43 @@ def format_result(image: str, result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .multitask import add_backbone_arguments  # here: multitask.py builds on this module
+
     p = ArgumentParser(
         prog="predict.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Classify images with a trained run (top-k labels with softmax probabilities).\n\n"
+        description="Classify images with a trained run (top-k labels with softmax probabilities), or with\n"
+                    "many tasks (adapter files) on one backbone.\n\n"
                     "  python ppadapt/predict.py --checkpoint output/cpu_transfer_cifar10_frozen cat.png dog.jpg\n"
-                    "  python ppadapt/predict.py --checkpoint output/RUN/final.pdparams 'photos/*.jpg' --json")
-    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+                    "  python ppadapt/predict.py --checkpoint output/RUN/final.pdparams 'photos/*.jpg' --json\n"
+                    "  python ppadapt/predict.py --backbone output/digits_pretrain_digits \\\n"
+                    "      --adapter lora=output/RUN_A/adapter --adapter ssf=output/RUN_B --task lora a.png\n"
+                    "  python ppadapt/predict.py --backbone ... --adapter ... --task-file images.csv  # IMAGE,TASK lines")
+    p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="run directory (output/<run>/) or a .pdparams / .safetensors next to its run.json")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
+    p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files, folders (searched recursively) or glob patterns (quote them)")
     p.add_argument("--weights", choices=("best", "final"),
                    help="with a run directory: best.pdparams (default; final if the run has no best) "
-                        "or final.pdparams (.safetensors with save_format: safetensors)")
+                        "or final.pdparams (.safetensors with save_format: safetensors); with --backbone a run directory: its "
+                        "final (default) or best")
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                    help=f"labels per image (default {DEFAULT_TOPK}, at most the class count)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"images per forward pass (default {DEFAULT_BATCH})")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON document: a list of {image, labels, scores}")
+                   help="print one JSON document: a list of {image, labels, scores} ({image, task, labels, "
+                        "scores} with --backbone)")
+    add_backbone_arguments(p)
+    p.add_argument("--task", metavar="NAME", help="with --backbone: the task of every image")
+    p.add_argument("--task-file", metavar="FILE",
+                   help="with --backbone: a task per image, one IMAGE,TASK line each (a mixed batch); "
+                        "image paths relative to the current folder")
     return p
+
+
+def _many_tasks(args: argparse.Namespace) -> bool:
+    return any(v is not None for v in (args.backbone, args.task, args.task_file, args.backbone_file, args.img_size,
+                                       args.patch_size)) or bool(args.adapter)
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
@@ -233,23 +257,44 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--topk must be at least 1, got {args.topk}")
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-        files = expand_images(args.images)  # before loading the model: a typo fails fast
-        predictor = Predictor(args.checkpoint, args.topk, weights=args.weights, batch_size=args.batch_size)
+        many = _many_tasks(args)
+        if many:
+            from .multitask import describe_many, prepare_many
+
+            if args.checkpoint is not None:
+                raise ConfigError("pass --checkpoint (one run) or --backbone with --adapter NAME=PATH (many tasks "
+                                  "on one backbone), not both")
+            files, tasks, predictor = prepare_many(args)
+            header = describe_many(predictor)
+            classify = lambda images, names: predictor.predict(images, tasks=names)  # noqa: E731
+        else:
+            if args.checkpoint is None:
+                raise ConfigError("--checkpoint is required (or --backbone with --adapter NAME=PATH for many tasks "
+                                  "on one backbone)")
+            if not args.images:
+                raise ConfigError("no images given: pass image files, folders or patterns")
+            files = expand_images(args.images)  # before loading the model: a typo fails fast
+            tasks = [None] * len(files)
+            single = Predictor(args.checkpoint, args.topk, weights=args.weights, batch_size=args.batch_size)
+            header = describe(single.run)
+            classify = lambda images, names: single.predict(images)  # noqa: E731
         results, skipped, announced = [], [], False
         for start in range(0, len(files), args.batch_size):
-            decoded = [(path, decode_image(path)) for path in files[start:start + args.batch_size]]
-            skipped += [path for path, image in decoded if image is None]
-            good = [(path, image) for path, image in decoded if image is not None]
+            decoded = [(path, task, decode_image(path)) for path, task in
+                       zip(files[start:start + args.batch_size], tasks[start:start + args.batch_size])]
+            skipped += [path for path, _, image in decoded if image is None]
+            good = [(path, task, image) for path, task, image in decoded if image is not None]
             if not good:
                 continue
             if not announced:  # with the first readable image: with none, the error line stands alone
-                print(describe(predictor.run), file=sys.stderr)
+                print(header, file=sys.stderr)
                 announced = True
-            for (path, _), result in zip(good, predictor.predict([image for _, image in good])):
+            outputs = classify([image for _, _, image in good], [task for _, task, _ in good])
+            for (path, task, _), result in zip(good, outputs):
                 if args.json:
-                    results.append({"image": str(path), **result})
+                    results.append({"image": str(path), **({"task": task} if many else {}), **result})
                 else:
-                    print(format_result(str(path), result), flush=True)
+                    print(format_result(f"{path}  [task {task}]" if many else str(path), result), flush=True)
         if skipped and len(skipped) < len(files):
             print(f"warning: skipped {len(skipped)} unreadable image file(s) of {len(files)}: {first_paths(skipped)}",
                   file=sys.stderr)

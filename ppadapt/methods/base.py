@@ -17,11 +17,12 @@ declares:
   ``legacy_section`` (a config section of an older ppadapt that held its options).
 
 Written once here: injection (:meth:`Tuner.apply`: parent lookup, the one "already
-applied" check, the record), trainability (:meth:`Tuner.mark_trainable`: head always
-trains), the record of applied methods and their options on the model
-(:func:`applied_methods`, one attribute), the metadata of adapter files
-(:func:`adapter_file_meta`), the parameters methods added (:func:`added_parameter_names`)
-and the merge loop (:attr:`Tuner.merge`).
+applied" check, the record), taking a method's modules off a model and putting them back
+(:meth:`Tuner.detach` / :meth:`Tuner.attach`: many tasks on one backbone), trainability
+(:meth:`Tuner.mark_trainable`: head always trains), the record of applied methods and
+their options on the model (:func:`applied_methods`, one attribute), the metadata of
+adapter files (:func:`adapter_file_meta`), the parameters methods added
+(:func:`added_parameter_names`) and the merge loop (:attr:`Tuner.merge`).
 
 Every module is attached beside the backbone's layers and wired in with forward hooks,
 so no backbone parameter is renamed and a plain ViT checkpoint still loads.
@@ -29,7 +30,8 @@ so no backbone parameter is renamed and a plain ViT checkpoint still loads.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import paddle
 import paddle.nn as nn
@@ -179,6 +181,49 @@ class Tuner:
     def is_applied(self, model: nn.Layer) -> bool:
         return self.name in applied_methods(model)
 
+    # --- detaching and attaching again, written once -------------------------------------------
+
+    def detach(self, model: nn.Layer, config: Any = None) -> "Detached":
+        """Take the method's modules off ``model`` (hooks removed, sublayers and record entry
+        dropped) and return them, weights untouched, so :meth:`attach` can put them back.
+
+        Lets one backbone serve many tasks: each task keeps its own modules while another's
+        are wired in. ``config``: the checked config they were applied with (their wiring
+        needs it again). ``ValueError`` if the method is not applied.
+        """
+        if not self.is_applied(model):
+            raise ValueError(f"{self.title} is not applied to this model")
+        layers = dict(model.named_sublayers())
+        places = []
+        for path, module in [(p, m) for p, m in layers.items() if getattr(m, _TUNER, None) == self.kind]:
+            for hook in getattr(module, _HOOKS):
+                hook.remove()
+            setattr(module, _HOOKS, [])
+            parent_path, _, child = path.rpartition(".")
+            parent = layers[parent_path] if parent_path else model
+            target = getattr(module, _TARGET)
+            places.append(Place(path, parent, child, layers[target] if target else model, module))
+            delattr(parent, child)
+        record = dict(applied_methods(model))
+        options = record.pop(self.name)
+        setattr(model, RECORD, record)
+        return Detached(self, config, options, places)
+
+    def attach(self, model: nn.Layer, detached: "Detached") -> None:
+        """Put modules that :meth:`detach` took off ``model`` back, wired as before (their hooks
+        run after the ones already there, as when they were first applied)."""
+        if detached.tuner is not self:
+            raise ValueError(f"these modules are {detached.tuner.title}'s, not {self.title}'s")
+        if any(_KINDS.get(n, n) == self.kind for n in applied_methods(model)):
+            raise ValueError(f"{self.title} is already applied to this model")
+        for place in detached.places:
+            place.parent.add_sublayer(place.child, place.module)
+            setattr(place.module, _HOOKS, list(self.wire(model, getattr(place.module, _TARGET), place.target,
+                                                         place.module, detached.config)))
+        record = dict(applied_methods(model))
+        record[self.name] = detached.options
+        setattr(model, RECORD, record)
+
     # --- trainability, written once ------------------------------------------------------
 
     def is_trainable(self, name: str) -> bool:
@@ -214,6 +259,36 @@ class Tuner:
             delattr(layers[parent_path] if parent_path else model, child)
         record = {n: o for n, o in applied_methods(model).items() if n not in names}
         setattr(model, RECORD, record)
+
+
+class Place(NamedTuple):
+    """Where a detached module goes back: its dotted path, parent layer and name there, and
+    the layer it is wired to."""
+
+    path: str
+    parent: nn.Layer
+    child: str
+    target: nn.Layer
+    module: nn.Layer
+
+
+@dataclass
+class Detached:
+    """A method's modules off their model (:meth:`Tuner.detach`), with what puts them back."""
+
+    tuner: Tuner
+    config: Any  # the checked config the modules were applied with
+    options: dict  # the method's entry in the model's record
+    places: list[Place]  # in the order applied
+
+    @property
+    def modules(self) -> list[nn.Layer]:
+        return [place.module for place in self.places]
+
+    def state(self) -> dict:
+        """The modules' tensors by their names in the model (``blocks.0.attn.qkv_lora.lora_A_q``, ...)."""
+        return {f"{place.path}.{name}": value for place in self.places
+                for name, value in place.module.state_dict().items()}
 
 
 def applied_methods(model: nn.Layer) -> dict[str, dict]:

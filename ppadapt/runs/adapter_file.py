@@ -62,7 +62,11 @@ META_KEY = "__ppadapt_adapter__"  # the config's entry in a LEGACY_FILE
 GEOMETRY = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
             "epsilon")
 FIT = ("embed_dim", "depth", "patch_size", "num_heads", "mlp_ratio", "qkv_bias", "in_chans")
-_WORDS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch"}
+# The words an error uses for each GEOMETRY key.
+GEOMETRY_WORDS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch", "img_size": "image size",
+                  "num_heads": "heads", "mlp_ratio": "MLP ratio", "qkv_bias": "qkv bias",
+                  "in_chans": "input channels", "epsilon": "LayerNorm epsilon"}
+_WORDS = {k: GEOMETRY_WORDS[k] for k in ("embed_dim", "depth", "patch_size")}
 _REQUIRED = {"method": str, "options": dict, "methods": dict, "backbone": dict}
 _AGAIN = "copy the whole adapter folder again from where it was made"
 
@@ -277,6 +281,16 @@ def _describe(geometry: Mapping[str, Any], extra: list[str]) -> str:
     return ", ".join(words + [f"{k} {geometry.get(k, '?')}" for k in extra])
 
 
+def geometry_differences(have: Mapping[str, Any], want: Mapping[str, Any],
+                         keys: tuple[str, ...] = FIT) -> list[str]:
+    """The ``keys`` on which two geometries (:func:`backbone_geometry`) disagree; a key one of
+    them does not record is not compared. The one test of "same backbone" for every caller."""
+    def same(key: str) -> bool:
+        a, b = have[key], want[key]
+        return float(a) == float(b) if key in ("mlp_ratio", "epsilon") else a == b
+    return [k for k in keys if k in have and k in want and not same(k)]
+
+
 def check_adapter_fits(meta: Mapping[str, Any], model_or_arch: Any, path: str | Path | None = None) -> None:
     """Raise one CheckpointError line if the adapter ``meta`` describes was trained on another
     backbone than ``model_or_arch`` (a model, ViTConfig or model-section dict): it names
@@ -288,7 +302,7 @@ def check_adapter_fits(meta: Mapping[str, Any], model_or_arch: Any, path: str | 
     if not isinstance(have, Mapping) or not have:
         return
     want = backbone_geometry(model_or_arch)
-    differ = [k for k in FIT if k in have and k in want and have[k] != want[k]]
+    differ = geometry_differences(have, want)
     if not differ:
         return
     extra = [k for k in differ if k not in _WORDS]
@@ -326,6 +340,6 @@ def load_adapter(model: nn.Layer, path: str | Path, method: str | None = None) -
     return meta
 
 
-__all__ = ["ADAPTER_DIR", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "GEOMETRY", "LEGACY_FILE", "LEGACY_FORMAT",
-           "META_KEY", "TENSORS_FILE", "adapter_config", "adapter_state", "backbone_geometry", "check_adapter_fits",
+__all__ = ["ADAPTER_DIR", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "GEOMETRY", "GEOMETRY_WORDS", "LEGACY_FILE", "LEGACY_FORMAT",
+           "META_KEY", "TENSORS_FILE", "adapter_config", "adapter_state", "backbone_geometry", "check_adapter_fits", "geometry_differences",
            "find_adapter", "load_adapter", "read_adapter", "save_adapter"]

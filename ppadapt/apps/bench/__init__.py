@@ -40,6 +40,9 @@ How it measures, and why:
 The models keep their random initial weights: no checkpoint is loaded, since
 speed does not depend on the values.
 
+``python ppadapt/bench.py --multitask`` measures serving many tasks on one backbone instead
+(memory against separate models, switch time, mixed-batch throughput): :mod:`.multitask`.
+
 The modules: :mod:`.runner` (building and timing the methods: :func:`benchmark`),
 :mod:`.probes` (GEMM rate, memory, optimizer state, the machine), :mod:`.stats`,
 :mod:`.flops`, :mod:`.tables` (the text report) and :mod:`.cli` (the command line).

@@ -14,6 +14,7 @@ from ...methods import get_method, method_of_flag
 from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
 from .runner import ORDERS, Log, add_gemm_share, benchmark, quiet, real_batches
+from .multitask import DEFAULT_METHODS as MT_METHODS, DEFAULT_TASKS as MT_TASKS, bench_multitask, format_multitask
 from .tables import format_report
 
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.yaml"
@@ -64,13 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time training steps and inference of tuning methods in one process.\n\n"
                     f"  python ppadapt/bench.py                  # CPU preset, {' vs '.join(DEFAULT_METHODS)}\n"
                     "  python ppadapt/bench.py --methods full,linear,lora,bitfit --steps 5\n"
-                    "  python ppadapt/bench.py --data-file cifar-10-python.tar.gz --json")
+                    "  python ppadapt/bench.py --data-file cifar-10-python.tar.gz --json\n"
+                    "  python ppadapt/bench.py --multitask --tasks 1,5,20    # many tasks on one backbone")
     p.add_argument("--config", metavar="FILE.yaml", default=str(DEFAULT_CONFIG),
                    help="model and transfer stage (default: configs/cpu.yaml)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (bare stage keys apply to the transfer stage); "
                         "-o method.KEY=VALUE goes to the benchmarked methods that have that option")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+    p.add_argument("--methods", default=None,
                    help=f"comma-separated tuning methods (default: {','.join(DEFAULT_METHODS)}); see transfer.py "
                         "--list-methods")
     p.add_argument("--batch-size", type=int, help="images per step (default: the config's transfer.batch_size)")
@@ -86,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ratio", action="store_true",
                    help="do not add 'full' when it is not listed (no ratio to full fine-tuning)")
     p.add_argument("--gemm-size", type=int, default=1024, help="side of the square fp32 GEMM reference (default: 1024)")
+    p.add_argument("--multitask", action="store_true",
+                   help="measure many tasks on one backbone instead: memory for --tasks task counts against "
+                        "separate full models, the time to switch tasks, mixed-batch throughput (--methods: the "
+                        f"adapters' methods, cycled; default {','.join(MT_METHODS)})")
+    p.add_argument("--tasks", default=",".join(map(str, MT_TASKS)), metavar="N,N,...",
+                   help=f"with --multitask: the task counts (default {','.join(map(str, MT_TASKS))})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -99,9 +107,37 @@ def _display_path(path: str) -> str:
         return str(path)
 
 
+def run_multitask(args: argparse.Namespace, log: Log = quiet) -> dict:
+    """``--multitask``: :func:`~ppadapt.apps.bench.multitask.bench_multitask` on the config's architecture."""
+    methods = parse_methods(args.methods or ",".join(MT_METHODS))
+    full = [m for m in methods if m == "full"]
+    if full:
+        raise ConfigError("--multitask: full fine-tuning has no adapter to serve on a shared backbone; "
+                          "drop it from --methods")
+    try:
+        counts = sorted({int(n) for n in args.tasks.split(",") if n.strip()})
+    except ValueError:
+        raise ConfigError(f"--tasks must be task counts like 1,5,20, got {args.tasks!r}") from None
+    if not counts or counts[0] < 1:
+        raise ConfigError(f"--tasks must be positive task counts like 1,5,20, got {args.tasks!r}")
+    for flag in ("steps", "warmup", "batch_size", "classes"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    base, options = split_method_options(args.override, methods)
+    with legacy_notes(lambda note: log(f"note: {note}")):
+        cfg = load_config(args.config, base, stage="transfer")
+    report = bench_multitask(cfg.model.architecture(), counts=counts, methods=methods, options=options,
+                             classes=args.classes or 10, batch_size=args.batch_size or cfg.transfer.batch_size,
+                             steps=args.steps, warmup=args.warmup, log=log)
+    report["setup"]["config"] = _display_path(args.config)
+    report["machine"]["loadavg_after"] = loadavg()
+    return report
+
+
 def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     """Everything the command does, as a report dict (what ``--json`` prints)."""
-    methods = parse_methods(args.methods)
+    methods = parse_methods(args.methods or ",".join(DEFAULT_METHODS))
     if not args.no_ratio and "full" not in methods:
         methods = ["full", *methods]
     for flag in ("steps", "warmup", "batch_size", "classes", "gemm_size"):
@@ -148,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = quiet if args.quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
 
     def measure() -> int:
+        if args.multitask:
+            report = run_multitask(args, log)
+            print(json.dumps(report, indent=2) if args.json else format_multitask(report))
+            return 0
         report = run(args, log)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0

@@ -1,0 +1,15 @@
+"""`python ppadapt/evaluate.py --help`: see :mod:`ppadapt.apps.evaluate`."""
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as a script: import the package from the repository root, and keep this
+    # folder off sys.path so its modules cannot shadow installed ones.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+from ppadapt.apps.evaluate import evaluate_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(evaluate_main())
