@@ -295,3 +295,14 @@ def test_amp_resume_restores_the_loss_scaler_and_the_weights(archive, tmp_path, 
 
 class _Stop(Exception):
     pass
+
+
+def test_device_flag_of_the_tools():
+    from ppadapt.apps.cli import _common_parser, load_tool_config
+    from ppadapt.apps.tune import build_parser
+
+    args = _common_parser("train.py", "").parse_args(["--device", "cpu"])
+    assert load_tool_config(args, "pretrain", None).device == "cpu"
+    assert build_parser().parse_args(["--device", "gpu"]).device == "gpu"
+    with pytest.raises(SystemExit):
+        _common_parser("train.py", "").parse_args(["--device", "tpu"])

@@ -133,3 +133,20 @@ def test_model_layers_key_reaches_the_model():
     assert configure_training(model, cfg, "transfer") == layer_path("auto")
     with pytest.raises(ConfigError, match=r"^model.layers must be one of auto, fast, native, got 'slow'"):
         load_config(None, ["model.layers=slow"])
+
+
+def test_the_cpu_default_is_todays_path():
+    """Defaults on the CPU: the fast layers, no recomputation, float32 through a plain paddle.Model
+    (the digits demo's weights were checked byte-identical to before this switch existed)."""
+    from ppadapt.training.precision import amp_spec, make_network
+
+    if not paddle.device.get_device().startswith("cpu"):
+        pytest.skip("a GPU run")
+    cfg = load_config(None, [])
+    model = tiny_vit()
+    assert configure_training(model, cfg, "transfer") == "fast"
+    assert model.recompute is False and model.amp is None
+    assert not any(m.native for m in model.sublayers() if isinstance(m, (Linear, LayerNorm)))
+    opt = paddle.optimizer.Momentum(0.1, parameters=model.parameters())
+    net, same = make_network(model, opt, amp_spec(cfg, "transfer"), inputs=None, labels=None)
+    assert type(net) is paddle.Model and same is opt and model.amp is None
