@@ -17,7 +17,6 @@ from ppadapt.apps.bench import (benchmark, build_parser, gemm_gflops, main, opti
 from ppadapt.config import load_config
 from ppadapt.methods.build import apply_transfer_method, build_model
 from ppadapt.training.optim import make_optimizer
-from ppadapt.errors import ConfigError
 from ppadapt.apps.bench.flops import train_step_flops
 from ppadapt.methods.trainable import count_parameters, set_trainable
 from ppadapt.methods import get_method

@@ -261,7 +261,8 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2 ** 20:.1f}"
 
 
-def report(info: dict, bug: bool, paths: list[dict], runs: list[Run], checks: list[dict], args) -> str:
+def report(info: dict, bug: bool, paths: list[dict], runs: list[Run], checks: list[dict],
+           args: argparse.Namespace) -> str:
     lines = [f"gpu_check: Paddle {info['paddle']} ({'CUDA' if info['cuda_build'] else 'CPU'} build) on "
              + (f"{info['gpu']} (compute capability {info['capability']}, CUDA {info['cuda']})"
                 if info["device"] == "gpu" else "the CPU (--cpu-smoke)"),

@@ -50,6 +50,8 @@ import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 LAYER_CHOICES = ("auto", "fast", "native")  # model.layers
+# paddle.amp.is_autocast_enabled is recent; without it (an early 3.x) autocast is taken to be off.
+_autocast_on = getattr(paddle.amp, "is_autocast_enabled", None) or (lambda: False)
 
 
 class _LinearFunction(PyLayer):
@@ -78,7 +80,7 @@ class _LinearFunction(PyLayer):
 
 
 def _wants_fast_path(*tensors) -> bool:
-    return (paddle.in_dynamic_mode() and paddle.is_grad_enabled() and not paddle.amp.is_autocast_enabled()
+    return (paddle.in_dynamic_mode() and paddle.is_grad_enabled() and not _autocast_on()
             and not all(t.stop_gradient for t in tensors))
 
 
@@ -175,7 +177,7 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if len(self._normalized_shape) != 1:
             return super().forward(x)
-        if self.native or paddle.amp.is_autocast_enabled():
+        if self.native or _autocast_on():
             return native_layer_norm(x, self.weight, self.bias, self._epsilon)
         if self.weight is None or self.bias is None or not _wants_fast_path(x, self.weight, self.bias):
             return super().forward(x)

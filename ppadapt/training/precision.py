@@ -24,7 +24,7 @@ Whether the device can run it at all is checked before anything is read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import paddle
 import paddle.nn as nn
@@ -113,11 +113,12 @@ class ScaledModel(paddle.Model):
     backward and the step; the forward's autocast is the model's own (``VisionTransformer.amp``).
     """
 
-    def __init__(self, network: nn.Layer, inputs=None, labels=None, *, scaler: paddle.amp.GradScaler) -> None:
+    def __init__(self, network: nn.Layer, inputs: Any = None, labels: Any = None, *,
+                 scaler: paddle.amp.GradScaler) -> None:
         super().__init__(network, inputs=inputs, labels=labels)
         self.scaler = scaler
 
-    def train_batch(self, inputs, labels=None, update: bool = True):
+    def train_batch(self, inputs: Any, labels: Any = None, update: bool = True) -> Any:
         adapter = self._adapter
         self.network.train()
         adapter.mode = "train"
