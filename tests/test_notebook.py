@@ -161,7 +161,7 @@ def test_notebook_runs_on_tiny_data(tmp_path):
     # Section 9: two digits tasks and section 6's CIFAR task served from one backbone, a mixed batch,
     # and each task's accuracy through it equal to its run's final top-1.
     for name in ("cpu_transfer_digits_lora", "cpu_transfer_digits_bitfit"):
-        assert (out / name / "adapter.pdparams").is_file(), name
+        assert (out / name / "adapter" / "adapter_model.safetensors").is_file(), name
     assert f"backbone {out / 'cpu_pretrain_cifar10' / 'final.pdparams'}: ViT 32px patch 8, width 32, depth 2, " \
         "carries AdaptFormer branches" in lines
     assert [line.split()[0] for line in lines if line.startswith(("digits-lora ", "digits-bitfit ", "cifar10 "))
