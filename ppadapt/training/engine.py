@@ -148,7 +148,7 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
     else:
         apply_freezing(model, False)
     path = configure_training(model, cfg, stage)
-    if path != layer_path("auto", "cpu") or model.recompute:  # not the CPU default: say what runs
+    if path != "fast" or model.recompute:  # not the CPU default: say what runs
         log(f"device {paddle.device.get_device()}: {path} Linear/LayerNorm"
             + (", each block's activations recomputed in the backward" if model.recompute else ""))
     params = count_parameters(model)
