@@ -65,18 +65,20 @@ def test_the_switch_builds_native_layers_that_use_paddles_kernels(monkeypatch):
         use_layers(model, "auto")  # a model takes a decided path, not a choice
 
 
-def test_state_dicts_are_identical_and_checkpoints_load_across_paths():
+def test_state_dicts_are_identical_and_checkpoints_load_across_paths(tmp_path):
+    from ppadapt.runs.checkpoint import load_state_dict, load_weights, save_state_dict
+
     fast, native = _model("lora", "fast", seed=0), _model("lora", "native", seed=3)
     a, b = fast.state_dict(), native.state_dict()
     assert list(a) == list(b)
     assert all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
-    native.set_state_dict(a)  # a fast run's checkpoint into a native model, and back
-    assert all(np.array_equal(native.state_dict()[k].numpy(), a[k].numpy()) for k in a)
-    fast.set_state_dict(_model("lora", "native", seed=5).state_dict())
-    fast.eval(), native.eval()
     x = paddle.randn([2, 3, 32, 32])
-    native.set_state_dict(fast.state_dict())
-    np.testing.assert_allclose(fast(x).numpy(), native(x).numpy(), rtol=1e-5, atol=1e-6)
+    fast.eval(), native.eval()
+    for source, target, name in ((fast, native, "fast.pdparams"), (native, fast, "native.safetensors")):
+        save_state_dict(source.state_dict(), tmp_path / name)  # a run's checkpoint, loaded as ppadapt loads one
+        load_weights(target, load_state_dict(tmp_path / name))
+        assert all(np.array_equal(target.state_dict()[k].numpy(), source.state_dict()[k].numpy()) for k in a)
+        np.testing.assert_allclose(source(x).numpy(), target(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def _grads(model, x, y) -> tuple[np.ndarray, dict[str, np.ndarray]]:
