@@ -50,3 +50,25 @@ def test_without_a_gpu_it_says_so_in_one_line():
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "ccache" not in ln and "warnings.warn" not in ln]
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(lines) == 1 and lines[0].startswith("error: --device gpu: this Paddle") and "--cpu-smoke" in lines[0]
+
+
+def test_a_run_that_fails_is_a_failed_check_and_the_others_go_on(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclass looks its module up
+    spec.loader.exec_module(gpu_check)
+    real = gpu_check.train
+
+    def train(run, *args):
+        if run.name == "fp32 +recompute":
+            raise RuntimeError("out of memory\nmore detail")
+        real(run, *args)
+
+    monkeypatch.setattr(gpu_check, "train", train)
+    assert gpu_check.main(["--cpu-smoke", "--methods", "adaptformer"]) == 1
+    out = capsys.readouterr().out
+    assert "adaptformer  fp32 +recompute    FAILED: RuntimeError: out of memory" in out
+    assert "adaptformer  fp32 native        0.00e+00 <= 0.001  ok" in out
+    assert out.strip().endswith("gpu_check: 1 check(s) FAILED")

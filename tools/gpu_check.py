@@ -71,7 +71,8 @@ class Run:
     losses: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
-    skipped: str = ""
+    skipped: str = ""  # why this machine cannot run it (not a failure)
+    error: str = ""  # what went wrong when it ran (a failure; the other runs go on)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -245,9 +246,13 @@ def compare(runs: list[Run], amp_tol: float, fp32_tol: float) -> list[dict]:
     """Each run's largest relative loss difference from its method's float32 run, against its tolerance."""
     out = []
     for run in runs:
-        if run.skipped or run.name == "fp32":
+        if run.skipped or (run.name == "fp32" and not run.error):
             continue
         ref = next(r for r in runs if r.method == run.method and r.name == "fp32")
+        if run.error or ref.error:
+            out.append({"method": run.method, "run": run.name, "worst_rel": float("inf"), "tol": 0.0, "ok": False,
+                        "error": run.error or f"float32 reference failed: {ref.error}"})
+            continue
         rel = [abs(a - b) / max(abs(b), 1e-6) for a, b in zip(run.losses, ref.losses)]
         tol = fp32_tol if run.name.startswith("fp32") else amp_tol
         worst = max(rel) if rel else float("inf")
@@ -276,14 +281,18 @@ def report(info: dict, bug: bool, paths: list[dict], runs: list[Run], checks: li
                      f"{'ok' if p['ok'] else 'FAILED'}")
     lines += ["", f"{'method':<12} {'run':<18} {'median s/step':>13} {'peak MiB':>9}  first loss  last loss"]
     for r in runs:
-        if r.skipped:
-            lines.append(f"{r.method:<12} {r.name:<18} skipped: {r.skipped}")
+        if r.skipped or r.error:
+            lines.append(f"{r.method:<12} {r.name:<18} " + (f"skipped: {r.skipped}" if r.skipped else
+                                                             f"FAILED: {r.error}"))
             continue
         median = statistics.median(r.step_s) if r.step_s else float("nan")
         lines.append(f"{r.method:<12} {r.name:<18} {median:>13.4f} {_mib(r.peak_bytes):>9}  {r.losses[0]:10.5f}  "
                      f"{r.losses[-1]:9.5f}")
     lines += ["", "losses against float32 (largest relative difference over all steps):"]
     for c in checks:
+        if c.get("error"):
+            lines.append(f"  {c['method']:<12} {c['run']:<18} FAILED: {c['error']}")
+            continue
         lines.append(f"  {c['method']:<12} {c['run']:<18} {c['worst_rel']:.2e} <= {c['tol']:g}  "
                      f"{'ok' if c['ok'] else 'FAILED'}")
     failed = [p for p in paths if not p["ok"]] + [c for c in checks if not c["ok"]]
@@ -313,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         if not run.skipped:
             print(f"gpu_check: {run.method}, {run.name}", file=sys.stderr, flush=True)
-            train(run, cfg, batches, args.warmup, args.steps)
+            try:
+                train(run, cfg, batches, args.warmup, args.steps)
+            except Exception as exc:  # noqa: BLE001 - reported as a failed check; the other runs go on
+                run.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                gc.collect()
     checks = compare(runs, args.amp_tol, args.fp32_tol)
     print(report(info, bug, paths, runs, checks, args))
     if args.json:
