@@ -17,7 +17,6 @@ from ppadapt.apps.bench import (benchmark, build_parser, gemm_gflops, main, opti
 from ppadapt.config import load_config
 from ppadapt.methods.build import apply_transfer_method, build_model
 from ppadapt.training.optim import make_optimizer
-from ppadapt.errors import ConfigError
 from ppadapt.apps.bench.flops import train_step_flops
 from ppadapt.methods.trainable import count_parameters, set_trainable
 from ppadapt.methods import get_method
@@ -200,6 +199,23 @@ def test_benchmark_api_and_optimizer_state():
     assert gemm_gflops(64, repeats=2, warmup=1)["median"] > 0
     s = summarize([3.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"], s["samples"]) == (2.0, 1.0, 3.0, [3.0, 1.0, 2.0])
+
+
+def test_recompute_rows_and_memory_table(capsys):
+    """--recompute: each method also with recompute: true, and the peak memory it saves (issue 14)."""
+    assert main([*TINY_ARGS, "--methods", "full,adaptformer,lora", "--recompute", "--batch-size", "4",
+                 "--steps", "1", "--warmup", "1", "--gemm-size", "64", "--order", "sequential", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for label in ("full +rc", "adaptformer +rc", "lora +rc"):
+        assert f"\n{label} " in out
+    table = out[out.index("method       tensors MiB"):].splitlines()
+    assert [line.split()[0] for line in table[2:5]] == ["full", "adaptformer", "lora"]
+    assert "+rc: recompute: true" in out and "fast layers" in out.splitlines()[0]
+    args = build_parser().parse_args([*TINY_ARGS, "--methods", "adaptformer", "--recompute", "--batch-size", "4",
+                                      "--steps", "1", "--warmup", "1", "--gemm-size", "64", "--no-ratio"])
+    rows = run(args)["methods"]
+    assert [(r["label"], r["recompute"]) for r in rows] == [("adaptformer", False), ("adaptformer +rc", True)]
+    assert rows[1]["memory"]["peak_tensor_bytes"] < rows[0]["memory"]["peak_tensor_bytes"]
 
 
 def test_method_options_go_to_the_methods_that_have_them():

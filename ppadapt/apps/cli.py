@@ -40,6 +40,7 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="base learning rate (peak after warmup)")
     p.add_argument("--output", metavar="DIR", help="root of the run directories (default: output)")
     p.add_argument("--seed", type=int)
+    add_device_flag(p)
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. -o model.depth=6 -o lr=0.1 (bare stage keys "
                         "apply to this tool's stage); an unknown key is an error")
@@ -50,6 +51,13 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         "run's saved settings (only --data-file/--data-dir and -o num_workers/log_freq may "
                         "change) and appends to its run.json and VisualDL logs")
     return p
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    """``--device cpu|gpu`` (the config key ``device``; default: what this Paddle was built for)."""
+    p.add_argument("--device", choices=("cpu", "gpu"),
+                   help="where to train (default: the config's device, auto: gpu with the GPU build of Paddle, "
+                        "else cpu)")
 
 
 def _resume_point(args: argparse.Namespace, cfg: Config, stage: str):

@@ -52,7 +52,7 @@ from ..runs.record import RUN_RECORD, RunRecord, read_record
 from ..runs.resume_file import RESUME_FILE
 from ..training.engine import run_stage
 from ..training.resume import RESUME_OVERRIDABLE, flat_config
-from .cli import DATASET_CHOICES, load_tool_config
+from .cli import DATASET_CHOICES, add_device_flag, load_tool_config
 from .report import ppt
 from .tool import ArgumentParser, run_tool
 
@@ -366,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, help="seed of the grid runs and of the first retraining run")
+    add_device_flag(p)
     p.add_argument("--output", metavar="DIR", help="root of the runs: they go to DIR/tune/<method>/ (default: output)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key for every run, e.g. -o model.depth=6 -o warmup_steps=10")

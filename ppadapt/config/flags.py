@@ -36,6 +36,7 @@ FLAGS = (
     Flag("lr", "{stage}.lr"),
     Flag("output", "output"),
     Flag("seed", "seed"),
+    Flag("device", "device"),
     Flag("pretrained", "transfer.pretrained"),  # paths: set as given, never parsed as YAML
     Flag("resume_adapter", "transfer.resume_adapter"),
     Flag("backbone", "model", by_tool=True),  # transfer.py --backbone: a PaddleClas architecture

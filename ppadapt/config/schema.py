@@ -28,6 +28,11 @@ AUGMENTATIONS = ("tutorial", "crop_flip", "rrc_flip", "none")  # ppadapt/data/tr
 EVAL_RESIZES = ("none", "resize_center_crop")
 RESOLUTIONS = ("fixed", "bit")  # ppadapt/data/resolution.py
 SAVE_FORMATS = ("pdparams", "safetensors")  # best/final: Paddle's pickle, or safetensors (runs/checkpoint.py)
+DEVICES = ("auto", "cpu", "gpu")  # auto: what this Paddle was built for (utils/device.py)
+AMP_LEVELS = ("off", "O1", "O2")  # mixed precision (training/precision.py)
+AMP_DTYPES = ("float16", "bfloat16")
+# Keys whose choices include "off": YAML reads a bare off / no / false as false, which means "off".
+OFF_KEYS = ("amp",)
 
 
 @dataclass
@@ -44,11 +49,15 @@ class ModelSection(ViTConfig):
     * ``backbone``: the PaddleClas constructor this architecture is (``transfer.py --backbone``
       sets it); a pretrained file with no ppadapt ``run.json`` beside it is then normalised
       as that backbone's weights (None: mean = std = 0.5, PaddleClas's ViTs').
+    * ``layers``: the Linear/LayerNorm code training runs (``auto``: the hand-written CPU
+      backward on the CPU, Paddle's own kernels on a GPU; ``fast``; ``native``), see
+      :func:`ppadapt.models.fast_layers.layer_path`. Same parameters either way.
     """
 
     carry: dict = field(default_factory=dict)
     drop_border: bool = False
     backbone: str | None = None
+    layers: str = "auto"  # auto | fast | native
 
     def architecture(self) -> ViTConfig:
         """The plain :class:`ViTConfig` of this section (what :class:`VisionTransformer` takes)."""
@@ -107,6 +116,13 @@ class StageConfig:
     # (<class>/* subfolders, e.g. DIR/val) instead.
     val_split: float = 0.0
     val_dir: str | None = None
+    # Speed and memory (README "Device, mixed precision, layers and recomputation"): mixed precision
+    # (off | O1: ops in the autocast lists in amp_dtype | O2: the frozen weights in amp_dtype too,
+    # trainable method parameters and the head in float32), and recomputing each block's
+    # activations in the backward instead of keeping them.
+    amp: str = "off"
+    amp_dtype: str = "float16"  # float16 (loss scaling) | bfloat16
+    recompute: bool = False
 
 
 @dataclass
@@ -146,6 +162,7 @@ class Config:
     output: str = "output"
     name: str = "tutorial"  # prefix of the run directories under ``output``
     save_format: str = "pdparams"  # best/final checkpoints: pdparams (paddle.save) | safetensors (no pickle)
+    device: str = "auto"  # auto (what this Paddle was built for) | cpu | gpu; --device
 
     def stage(self, which: str) -> StageConfig:
         return getattr(self, which)
@@ -215,6 +232,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if value is False and key.rsplit(".", 1)[-1] in OFF_KEYS:
+            return "off"
     kind = "a mapping" if annotation is dict or origin is dict else getattr(annotation, "__name__", str(annotation))
     example = {int: "a whole number, e.g. 10", float: "a number, e.g. 0.01", bool: "true or false",
                str: "a text value"}.get(annotation)

@@ -10,8 +10,9 @@ import difflib
 from ..errors import ConfigError
 from ..models.paddleclas_archs import paddleclas_vit_config
 from ..models.vit import HEAD_INITS, HEADS
-from .schema import (AUGMENTATIONS, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS, RESOLUTIONS, SAVE_FORMATS,
-                     SCHEDULES, STAGES, Config, ModelSection, StageConfig)
+from ..models.fast_layers import LAYER_CHOICES
+from .schema import (AMP_DTYPES, AMP_LEVELS, AUGMENTATIONS, DEVICES, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS,
+                     RESOLUTIONS, SAVE_FORMATS, SCHEDULES, STAGES, Config, ModelSection, StageConfig)
 from .recipes import checked_recipes
 from .tuning import check_methods
 
@@ -35,13 +36,31 @@ def validate(cfg: Config) -> None:
         check_augmentation(name, st)
         check_optimization(name, st)
         check_validation(st, name)
+        check_precision(name, st)
     if cfg.save_format not in SAVE_FORMATS:
         raise ConfigError(f"save_format must be one of {SAVE_FORMATS}, got {cfg.save_format!r} "
                           "(e.g. -o save_format=safetensors)")
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r} (e.g. --device gpu; "
+                          "auto: what this Paddle was built for)")
+    if cfg.model.layers not in LAYER_CHOICES:
+        raise ConfigError(f"model.layers must be one of {', '.join(LAYER_CHOICES)}, got {cfg.model.layers!r} "
+                          "(auto: the fast CPU backward on the CPU, Paddle's own kernels on a GPU)")
     checked_recipes(cfg.transfer.by_method)
     check_geometry(cfg.model)
     check_head_and_backbone(cfg.model)
     check_methods(cfg)
+
+
+def check_precision(name: str, st: StageConfig) -> None:
+    """``amp`` and ``amp_dtype`` are known choices (whether this machine can run them is checked
+    when training starts: :func:`ppadapt.utils.device.check_amp`)."""
+    if st.amp not in AMP_LEVELS:
+        raise ConfigError(f"{name}.amp must be one of {', '.join(AMP_LEVELS)}, got {st.amp!r} "
+                          f"(e.g. -o {name}.amp=O1)")
+    if st.amp_dtype not in AMP_DTYPES:
+        raise ConfigError(f"{name}.amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {st.amp_dtype!r} "
+                          f"(e.g. -o {name}.amp_dtype=bfloat16)")
 
 
 def check_validation(st: StageConfig, name: str) -> None:

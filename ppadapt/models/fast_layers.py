@@ -29,6 +29,18 @@ of size 1 (``[4160, 192] * [4160, 1]``: 0.5 ms; ``[64, 65, 192] + [1, 65, 192]``
 operation costs ~0.2 ms. The values are the same, so the LayerNorm backward expands
 its per-row statistics (6.7 -> 4.7 ms per call) and the ViT adds its position
 embedding without the leading size-1 axis.
+
+Where each path runs. The hand-written backward was measured to help on the CPU only; on
+a GPU Paddle's fused kernels are the better bet. :func:`layer_path` decides, in this one
+place, which path a model trains with (``model.layers``: ``auto`` = fast on the CPU,
+native elsewhere), and :func:`use_layers` switches a built model's layers. A native
+layer is the same object with the same parameters (checkpoints are interchangeable); it
+calls Paddle's ``F.linear`` / ``F.layer_norm``, except for a LayerNorm whose scale is
+frozen while its input needs a gradient: that is the case Paddle 3.3.1's CPU kernel gets
+wrong (README, "A Paddle bug this works around"), not known to be fixed on any device,
+so it is computed as Paddle's LayerNorm without scale and shift (the case the kernel gets
+right) times the scale plus the shift. Under ``paddle.amp.auto_cast`` both paths take
+Paddle's own ops (the hand-written backward is float32 code), the workaround included.
 """
 from __future__ import annotations
 
@@ -36,6 +48,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
+
+LAYER_CHOICES = ("auto", "fast", "native")  # model.layers
+# paddle.amp.is_autocast_enabled is recent; without it (an early 3.x) autocast is taken to be off.
+_autocast_on = getattr(paddle.amp, "is_autocast_enabled", None) or (lambda: False)
 
 
 class _LinearFunction(PyLayer):
@@ -64,8 +80,47 @@ class _LinearFunction(PyLayer):
 
 
 def _wants_fast_path(*tensors) -> bool:
-    return (paddle.in_dynamic_mode() and paddle.is_grad_enabled()
+    return (paddle.in_dynamic_mode() and paddle.is_grad_enabled() and not _autocast_on()
             and not all(t.stop_gradient for t in tensors))
+
+
+def layer_path(choice: str = "auto", device: str | None = None) -> str:
+    """``"fast"`` or ``"native"``: the layers a model trains with, for ``model.layers`` = ``choice``
+    on ``device`` (``"cpu"``, ``"gpu"``, ...; default: Paddle's current device). ``auto`` takes the
+    fast backward only where it was measured to help, the CPU."""
+    if choice not in LAYER_CHOICES:
+        raise ValueError(f"unknown layer path {choice!r} (choose one of {', '.join(LAYER_CHOICES)})")
+    if choice != "auto":
+        return choice
+    device = device or paddle.device.get_device()
+    return "fast" if device.split(":")[0] == "cpu" else "native"
+
+
+def use_layers(model: nn.Layer, path: str) -> int:
+    """Switch every :class:`Linear` and :class:`LayerNorm` of ``model`` to ``path`` (``"fast"`` or
+    ``"native"``, see :func:`layer_path`); returns how many layers it set. Parameters, names and
+    values are untouched."""
+    if path not in ("fast", "native"):
+        raise ValueError(f"layer path must be 'fast' or 'native', got {path!r}")
+    count = 0
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, (Linear, LayerNorm)):
+            layer.native = path == "native"
+            count += 1
+    return count
+
+
+def native_layer_norm(x: paddle.Tensor, weight: paddle.Tensor | None, bias: paddle.Tensor | None,
+                      epsilon: float) -> paddle.Tensor:
+    """Paddle's ``layer_norm`` over the last axis, correct where Paddle's CPU kernel is not: with a
+    frozen scale and an input that needs a gradient it normalises without scale and shift (the
+    case the kernel gets right) and applies them after."""
+    shape = x.shape[-1:]
+    if (weight is not None and weight.stop_gradient and not x.stop_gradient
+            and paddle.in_dynamic_mode() and paddle.is_grad_enabled()):
+        out = F.layer_norm(x, shape, None, None, epsilon) * weight
+        return out + bias if bias is not None else out
+    return F.layer_norm(x, shape, weight, bias, epsilon)
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
@@ -114,17 +169,28 @@ class _LayerNormFunction(PyLayer):
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last axis with a faster training backward; same parameters."""
+    """``nn.LayerNorm`` over the last axis with a faster training backward; same parameters.
+    ``native``: Paddle's own kernel (with the frozen-scale workaround), see :func:`use_layers`."""
+
+    native: bool = False
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if (self.weight is None or self.bias is None or len(self._normalized_shape) != 1
-                or not _wants_fast_path(x, self.weight, self.bias)):
+        if len(self._normalized_shape) != 1:
+            return super().forward(x)
+        if self.native or _autocast_on():
+            return native_layer_norm(x, self.weight, self.bias, self._epsilon)
+        if self.weight is None or self.bias is None or not _wants_fast_path(x, self.weight, self.bias):
             return super().forward(x)
         return _LayerNormFunction.apply(x, self.weight, self.bias, self._epsilon)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with :func:`linear`'s fast bias gradient; same parameters and names."""
+    """``nn.Linear`` with :func:`linear`'s fast bias gradient; same parameters and names.
+    ``native``: Paddle's own ``F.linear``, see :func:`use_layers`."""
+
+    native: bool = False
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.native:
+            return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)

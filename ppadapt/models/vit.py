@@ -23,6 +23,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
 from .fast_layers import LayerNorm, Linear
+from .recompute import run_block
 
 _trunc_normal = TruncatedNormal(std=0.02)
 _zeros = Constant(0.0)
@@ -208,7 +209,17 @@ def make_head(kind: str, init: str, dim: int, class_num: int) -> nn.Layer:
 
 
 class VisionTransformer(nn.Layer):
-    """ViT (Dosovitskiy et al.) with PaddleClas parameter names; ``class_num=0`` drops the head."""
+    """ViT (Dosovitskiy et al.) with PaddleClas parameter names; ``class_num=0`` drops the head.
+
+    Two training settings that are not architecture (no parameter depends on them):
+    ``recompute`` (each block's activations recomputed in the backward, see
+    :mod:`.recompute`) and ``amp`` (``(level, dtype)``: the forward runs under
+    ``paddle.amp.auto_cast`` and returns float32 logits, so every caller, evaluation and
+    probes included, computes as training does; set by ``ppadapt.training.precision``).
+    """
+
+    recompute: bool = False
+    amp: tuple[str, str] | None = None
 
     def __init__(self, config: ViTConfig | None = None, class_num: int = 1000, **overrides):
         super().__init__()
@@ -247,12 +258,18 @@ class VisionTransformer(nn.Layer):
         cls = self.cls_token.expand([x.shape[0], -1, -1]).astype(x.dtype)
         # [T, D], not [1, T, D]: Paddle's CPU broadcast over a size-1 axis is ~8x slower (see fast_layers)
         x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed.reshape(self.pos_embed.shape[1:]))
+        recompute = self.recompute and self.training and paddle.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x) if recompute else block(x)
         return self.norm(x[:, 0])  # = norm(x)[:, 0]: LayerNorm is per token
 
     def forward(self, x):
-        return self.head(self.forward_features(x))
+        if self.amp is None:
+            return self.head(self.forward_features(x))
+        level, dtype = self.amp
+        with paddle.amp.auto_cast(level=level, dtype=dtype):
+            out = self.head(self.forward_features(x))
+        return out.astype("float32")  # the loss and the metrics in float32
 
     def no_weight_decay(self) -> set[str]:
         """Parameters weight decay should skip besides biases and norms (timm's convention): the

@@ -21,12 +21,14 @@ from ..config import Config, transfer_method
 from ..errors import TrainingError
 from ..methods.build import apply_freezing, apply_transfer_method, build_model
 from ..methods.trainable import ParamCount, count_parameters
+from ..models.fast_layers import layer_path, use_layers
 from ..models.vit import VisionTransformer
 from ..runs.adapter_file import load_adapter
 from ..runs.checkpoint import load_weights
 from ..runs.layout import find_weights
 from ..runs.pretrained import load_pretrained
 from ..runs.record import RunRecord
+from ..utils.device import check_amp, use_device
 from ..utils.files import ensure_writable
 from .data_loading import load_datasets, make_loaders
 from .distributed import rank_and_size
@@ -65,6 +67,7 @@ def run_stage(cfg: Config, stage: str, *, log: Callable[[str], None] = print, ve
     plan = plan_stage(cfg, stage, resume, log)
     if plan.finished:
         return _already_finished(plan.point, log)
+    settle_device(plan.cfg, stage)  # a device or precision this machine lacks: one line, before any file
     if rank == 0:
         prepare_output(plan, log)
     seed_everything(plan.cfg.seed)
@@ -90,6 +93,25 @@ def prepare_output(plan: StagePlan, log: Callable[[str], None]) -> None:
     if not plan.resumed and (plan.run_dir / RESUME_FILE).is_file():
         log(f"note: {plan.run_dir} holds a {RESUME_FILE} of an earlier run; this run replaces it after its "
             "first epoch (to continue the earlier run instead, stop now and add --resume)")
+
+
+def settle_device(cfg: Config, stage: str) -> str:
+    """Make the config's device Paddle's current one and check that it can run the stage's mixed
+    precision (one ConfigError line otherwise); returns ``"cpu"`` or ``"gpu"``."""
+    device = use_device(cfg.device)
+    st = cfg.stage(stage)
+    check_amp(stage, st.amp, st.amp_dtype, device)
+    return device
+
+
+def configure_training(model: paddle.nn.Layer, cfg: Config, stage: str) -> str:
+    """The model's training settings that are not architecture: which Linear/LayerNorm code runs
+    (``model.layers``, decided by :func:`~ppadapt.models.fast_layers.layer_path` for the current
+    device) and the stage's ``recompute``; returns the layer path."""
+    path = layer_path(cfg.model.layers)
+    use_layers(model, path)
+    model.recompute = bool(cfg.stage(stage).recompute)
+    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -125,6 +147,10 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
             log(f"loaded adapter {cfg.transfer.resume_adapter}")
     else:
         apply_freezing(model, False)
+    path = configure_training(model, cfg, stage)
+    if path != "fast" or model.recompute:  # not the CPU default: say what runs
+        log(f"device {paddle.device.get_device()}: {path} Linear/LayerNorm"
+            + (", each block's activations recomputed in the backward" if model.recompute else ""))
     params = count_parameters(model)
     log(str(params))
     return model, params

@@ -26,6 +26,8 @@ it: :mod:`ppadapt.runs.resume_file`). It is one ``paddle.save`` dict:
 ``visualdl_step``  the last train step written to VisualDL
 ``adaptation``     the start weights the ``adapt/*`` curves measure change from
                    (:class:`~ppadapt.training.callbacks.AdaptationMonitor`'s state)
+``amp_scaler``     float16 mixed precision: the loss scaler's state (scale, counters); empty
+                   otherwise. The O2 master weights are in ``optimizer`` (``master_weights``)
 ``rng``            Paddle's generator state per rank (pickled, as uint8 arrays), numpy's
                    and Python's global states
 ``reason``         ``"epoch"``, ``"interrupt"`` or ``"finished"``
@@ -152,7 +154,9 @@ def prepare_resume(cfg: Config, stage: str, target: Any, explicit: Iterable[str]
 # --- capturing and restoring ------------------------------------------------------------
 
 def _numpy_state(values: dict) -> dict:
-    return {k: (v.numpy() if isinstance(v, paddle.Tensor) else v) for k, v in values.items()}
+    """Tensors as arrays, also one level down (the optimizer's ``master_weights`` under O2)."""
+    return {k: (v.numpy() if isinstance(v, paddle.Tensor) else _numpy_state(v) if isinstance(v, dict) else v)
+            for k, v in values.items()}
 
 
 def rng_state() -> dict:
@@ -211,6 +215,9 @@ def remap_optimizer_state(opt_state: dict, saved_names: dict, network: paddle.nn
     olds = sorted(rename, key=len, reverse=True)
     out = {}
     for key, value in opt_state.items():
+        if key == "master_weights" and isinstance(value, dict):  # O2: keyed by the parameters' own names
+            out[key] = {rename.get(k, k): v for k, v in value.items()}
+            continue
         for old in olds:
             if key.startswith(old + "_"):
                 key = rename[old] + key[len(old):]
@@ -219,11 +226,20 @@ def remap_optimizer_state(opt_state: dict, saved_names: dict, network: paddle.nn
     return out
 
 
+def master_weights_as_tensors(opt_state: dict) -> dict:
+    """The optimizer state with its O2 float32 master weights as tensors again (Paddle's
+    ``set_state_dict`` takes them as they are, and the optimizer computes with them)."""
+    masters = opt_state.get("master_weights")
+    if not isinstance(masters, dict):
+        return opt_state
+    return {**opt_state, "master_weights": {k: paddle.to_tensor(v, dtype="float32") for k, v in masters.items()}}
+
+
 def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, batch: int,
             steps_per_epoch: int, nranks: int, network: paddle.nn.Layer,
             optimizer: paddle.optimizer.Optimizer, lr_callback, saver, metrics: list,
             visualdl_step: int, paddle_rng: list, reason: str, finished: bool = False,
-            adaptation: dict | None = None) -> dict:
+            adaptation: dict | None = None, amp_scaler: dict | None = None) -> dict:
     """The resume checkpoint dict (see the module docstring)."""
     lr_state = dict(lr_callback.state_dict())
     lr_state["last_lr"] = lr_callback.last_lr
@@ -238,4 +254,5 @@ def capture(*, stage: str, cfg: Config, meta: dict, epochs: int, epoch: int, bat
             "optimizer_lr": float(optimizer.get_lr()),
             "param_names": {k: p.name for k, p in network.named_parameters()},
             "lr_schedule": lr_state, "record": saver.state_dict(), "metrics": metric_states(metrics),
-            "visualdl_step": int(visualdl_step), "rng": rng, "adaptation": adaptation or {}}
+            "visualdl_step": int(visualdl_step), "rng": rng, "adaptation": adaptation or {},
+            "amp_scaler": _numpy_state(amp_scaler or {})}

@@ -31,7 +31,9 @@ from .loss import make_loss
 from .mixing import soft_target_loss
 from .optim import lr_callback, make_optimizer
 from .plan import StagePlan
-from .resume import capture, gather_rng_states, remap_optimizer_state, restore_global_rng
+from .precision import amp_spec, float32_parameters, make_network, restore_scaler, scaler_state
+from .resume import (capture, gather_rng_states, master_weights_as_tensors, remap_optimizer_state,
+                     restore_global_rng)
 from .signals import StopRequest, stop_on_sigint
 
 
@@ -77,12 +79,21 @@ class Trainer:
         self.epochs, self.steps = st.epochs, len(data.sampler)
         self.topk = (1, min(5, data.num_classes))
         self.resume_path = out / RESUME_FILE
+        method = transfer_method(cfg) if stage == "transfer" else "full"
         # With several processes paddle.Model itself calls init_parallel_env and wraps the
-        # network in paddle.DataParallel (gradients all-reduced, weights identical on every rank).
-        self.net = paddle.Model(model, inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size],
-                                                         "float32", "image")],
-                                labels=[InputSpec([None, 1], "int64", "label")])
+        # network in paddle.DataParallel (gradients all-reduced, weights identical on every rank);
+        # mixed precision prepares the network before that (precision.make_network).
         self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
+        amp = amp_spec(cfg, stage)
+        self.net, self.optimizer = make_network(
+            model, self.optimizer, amp,
+            inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size], "float32", "image")],
+            labels=[InputSpec([None, 1], "int64", "label")],
+            float32_params=float32_parameters(parameter_groups(model, method)) if amp else ())
+        if amp is not None:
+            log(f"mixed precision: {stage}.amp {amp.level} in {amp.dtype}"
+                + (" with dynamic loss scaling" if amp.scales_loss else "")
+                + ("; the method's parameters and the head in float32" if amp.level == "O2" else ""))
         recipe = describe_recipe(cfg, transfer_method(cfg)) if stage == "transfer" else None
         if recipe:
             log(recipe)
@@ -109,7 +120,6 @@ class Trainer:
         if validation is not None:
             validation.vdl = self.vdl  # val/* curves beside the test set's eval/*
         # how far each group of trainable weights moved since the run's start (adapt/* tags, run.json)
-        method = transfer_method(cfg) if stage == "transfer" else "full"
         self.adapt = AdaptationMonitor(model, parameter_groups(model, method),
                                        probe_images=probe_batch(data.bundle.test) if self.is_main else None,
                                        vdl=self.vdl, saver=self.saver, start_epoch=plan.start_epoch,
@@ -142,13 +152,14 @@ class Trainer:
         if saved_steps != steps or saved_ranks != nranks:
             log(f"note: the run had {saved_ranks} process(es) and {saved_steps} batches per epoch, now {nranks} "
                 f"and {steps}: it goes on, but not as the uninterrupted run would have")
-        self.optimizer.set_state_dict(
-            remap_optimizer_state(state["optimizer"], state.get("param_names") or {}, self.model))
+        self.optimizer.set_state_dict(master_weights_as_tensors(
+            remap_optimizer_state(state["optimizer"], state.get("param_names") or {}, self.model)))
         self.optimizer.set_lr(float(state["optimizer_lr"]))
         schedule = dict(state["lr_schedule"])
         self.lr.set_state_dict(schedule)
         self.lr.last_lr = schedule.get("last_lr")
         self.saver.set_state_dict(state["record"], mid_epoch=skip > 0)
+        restore_scaler(self.net, state.get("amp_scaler"))
         restore_global_rng(state)
         where = f"epoch {self.plan.start_epoch + 1}/{self.epochs}" + (f", batch {skip}/{steps}" if skip else "")
         log(f"resuming {self.plan.point.path} at {where} (global step {int(state.get('global_step', 0))})")
@@ -164,7 +175,8 @@ class Trainer:
                        network=self.model, optimizer=self.optimizer, lr_callback=self.lr, saver=self.saver,
                        metrics=self.net._metrics,
                        visualdl_step=getattr(self.vdl, "train_step", self.lr.global_step), paddle_rng=paddle_rng,
-                       reason=reason, finished=finished, adaptation=self.adapt.state_dict())
+                       reason=reason, finished=finished, adaptation=self.adapt.state_dict(),
+                       amp_scaler=scaler_state(self.net))
 
     def fit(self, verbose: int) -> None:
         """Train the remaining epochs, evaluating after each; Ctrl-C, a full disk or a failed

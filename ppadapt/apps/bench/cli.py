@@ -10,6 +10,7 @@ from typing import Sequence
 from ...config import CONFIG_DIR, legacy_notes, load_config, parse_scalar
 from ...config.tuning import FREEZE
 from ...errors import ConfigError, DataError
+from ...training.engine import settle_device
 from ...methods import get_method, method_of_flag
 from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=ORDERS, default="interleaved",
                    help="interleaved: all models built, timed steps in rotating rounds (default); "
                         "sequential: one method after the other, each freed before the next")
+    p.add_argument("--recompute", action="store_true",
+                   help="also measure every method with recompute: true (each block's activations recomputed "
+                        "in the backward): a row 'METHOD +rc' after each, and a table of the peak memory saved")
     p.add_argument("--no-ratio", action="store_true",
                    help="do not add 'full' when it is not listed (no ratio to full fine-tuning)")
     p.add_argument("--gemm-size", type=int, default=1024, help="side of the square fp32 GEMM reference (default: 1024)")
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     base, options = split_method_options(args.override, methods)
     with legacy_notes(lambda note: log(f"note: {note}")):  # an older config form: one progress line
         cfg = load_config(args.config, base, stage="transfer")
+    settle_device(cfg, "transfer")  # -o device=gpu, -o amp=O1: as transfer.py checks them
     batch_size = args.batch_size or cfg.transfer.batch_size
     batches, data_s, classes = None, None, args.classes or 10
     if args.data_file:
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     gemm_probe.measure(10, "before")
     rows = benchmark(cfg, methods, batch_size=batch_size, steps=args.steps, warmup=args.warmup,
                      classes=classes, batches=batches, order=args.order, method_options=options,
-                     on_round=lambda: gemm_probe.measure(3, "during"), log=log)
+                     on_round=lambda: gemm_probe.measure(3, "during"), log=log, recompute_too=args.recompute)
     gemm_probe.measure(10, "after")
     gemm = gemm_probe.summary()
     add_gemm_share(rows, gemm["median"])
@@ -174,7 +179,8 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
              "input": f"real images from {args.data_file}" if args.data_file else "random input",
              "batch_size": rows[0]["batch_size"], "classes": classes, "steps": args.steps,
              "warmup": args.warmup, "order": args.order, "data_s_per_batch": data_s,
-             "methods": methods}
+             "methods": methods, "recompute": "both" if args.recompute else bool(cfg.transfer.recompute),
+             "layers": rows[0]["layers"], "amp": rows[0]["amp"]}
     return {"setup": setup, "machine": info, "gemm": gemm, "methods": rows}
 
 

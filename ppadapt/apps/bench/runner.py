@@ -17,9 +17,11 @@ from ...errors import ConfigError, DataError
 from ...methods import get_method
 from ...methods.build import apply_transfer_method, build_model
 from ...methods.trainable import count_parameters
-from ...training.engine import seed_everything
+from ...methods.groups import parameter_groups
+from ...training.engine import configure_training, seed_everything
 from ...training.loss import make_loss
 from ...training.optim import make_optimizer
+from ...training.precision import amp_spec, float32_parameters, make_network
 from .flops import train_step_flops
 from .probes import MemoryProbe, malloc_trim, optimizer_state_bytes, sync
 from .stats import rate, summarize
@@ -77,12 +79,15 @@ def real_batches(cfg: Config, data_file: str, batch_size: int, count: int) -> tu
 
 # --- one method ---------------------------------------------------------------
 
-def method_config(cfg: Config, method: str, options: dict | None = None) -> Config:
-    """``cfg`` with the transfer stage set to ``method`` (and its options), checked."""
+def method_config(cfg: Config, method: str, options: dict | None = None, recompute: bool | None = None) -> Config:
+    """``cfg`` with the transfer stage set to ``method`` (and its options), checked;
+    ``recompute``: the stage's ``recompute`` (None: the config's)."""
     c = copy.deepcopy(cfg)
     c.method.name = method
     c.method.options = dict(options or {})
     c.transfer.freeze = False
+    if recompute is not None:
+        c.transfer.recompute = recompute
     try:
         validate(c)
     except ValueError as exc:
@@ -91,10 +96,13 @@ def method_config(cfg: Config, method: str, options: dict | None = None) -> Conf
 
 
 class _Runner:
-    """One method's model, prepared exactly as ``transfer.py`` prepares it."""
+    """One method's model, prepared exactly as ``transfer.py`` prepares it (its layer path,
+    ``recompute`` and mixed precision included)."""
 
     def __init__(self, cfg: Config, method: str, classes: int, batches: list, probe: MemoryProbe):
         self.cfg, self.method, self.classes, self.batches, self.probe = cfg, method, classes, batches, probe
+        self.recompute = bool(cfg.transfer.recompute)
+        self.label = f"{method} +rc" if self.recompute else method
         self.train_s: list[float] = []
         self.infer_s: list[float] = []
         self.warmup_train_s: list[float] = []
@@ -106,11 +114,15 @@ class _Runner:
         seed_everything(cfg.seed)
         model = build_model(cfg, self.classes)
         apply_transfer_method(model, cfg)
+        self.layers = configure_training(model, cfg, "transfer")
         self.params = count_parameters(model)
         size = cfg.model.img_size
-        net = paddle.Model(model, inputs=[InputSpec([None, cfg.model.in_chans, size, size], "float32", "image")],
-                           labels=[InputSpec([None, 1], "int64", "label")])
-        optimizer = make_optimizer(model, cfg, "transfer")
+        amp = amp_spec(cfg, "transfer")
+        net, optimizer = make_network(
+            model, make_optimizer(model, cfg, "transfer"), amp,
+            inputs=[InputSpec([None, cfg.model.in_chans, size, size], "float32", "image")],
+            labels=[InputSpec([None, 1], "int64", "label")],
+            float32_params=float32_parameters(parameter_groups(model, self.method)) if amp else ())
         net.prepare(optimizer, make_loss(cfg, "transfer"),
                     paddle.metric.Accuracy(topk=(1, min(5, self.classes))))
         self.model, self.net, self.optimizer = model, net, optimizer
@@ -156,6 +168,11 @@ class _Runner:
         forward = self.flops.forward
         return {
             "method": self.method,
+            "label": self.label,
+            "recompute": self.recompute,
+            "layers": self.layers,
+            "amp": self.cfg.transfer.amp if self.cfg.transfer.amp == "off" else
+            f"{self.cfg.transfer.amp} {self.cfg.transfer.amp_dtype}",
             "options": dict(self.cfg.method.options),
             "batch_size": batch_size,
             "params": {"trainable": p.trainable, "without_head": p.without_head, "head": p.head,
@@ -176,7 +193,8 @@ class _Runner:
 def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = None, steps: int = 10,
               warmup: int = 2, classes: int = 10, batches: list | None = None,
               order: str = "interleaved", method_options: dict[str, dict] | None = None,
-              on_round: Callable[[], None] | None = None, log: Log = quiet) -> list[dict]:
+              on_round: Callable[[], None] | None = None, log: Log = quiet,
+              recompute_too: bool = False) -> list[dict]:
     """Time training and inference steps of each method; one dict per method.
 
     ``cfg`` gives the model and the transfer stage (optimizer, batch size);
@@ -186,7 +204,8 @@ def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = N
     and ``ratio_to_full`` (train and inference median over full fine-tuning's)
     when ``full`` is among ``methods``. ``on_round`` is called after every timed
     training round (interleaved) or after each method (sequential), e.g. to sample
-    the GEMM rate under the same load.
+    the GEMM rate under the same load. ``recompute_too``: every method also with
+    ``recompute: true`` (a row labelled ``METHOD +rc`` after each), to compare peak memory.
     """
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
@@ -208,17 +227,19 @@ def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = N
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if classes < 1:
         raise ConfigError(f"--classes must be positive, got {classes}")
-    configs = {m: method_config(cfg, m, (method_options or {}).get(m)) for m in methods}
+    variants = [(m, None) for m in methods] if not recompute_too else \
+        [(m, rc) for m in methods for rc in (False, True)]
+    configs = [(m, method_config(cfg, m, (method_options or {}).get(m), rc)) for m, rc in variants]
     if batches is None:
         batches = [random_batch(cfg, batch_size, classes, cfg.seed)]
     batch_size = int(batches[0][0].shape[0])
 
     probe = MemoryProbe()
-    runners = [_Runner(configs[m], m, classes, batches, probe) for m in methods]
+    runners = [_Runner(c, m, classes, batches, probe) for m, c in configs]
     rows: list[dict] = []
     if order == "sequential":
         for r in runners:
-            log(f"{r.method}: build, warm up ({warmup} steps), time {steps} training + {steps} inference steps")
+            log(f"{r.label}: build, warm up ({warmup} steps), time {steps} training + {steps} inference steps")
             r.setup(warmup)
             for i in range(steps):
                 r.train_step(warmup + i)
@@ -231,7 +252,7 @@ def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = N
     else:
         try:
             for r in runners:
-                log(f"{r.method}: build, warm up ({warmup} steps)")
+                log(f"{r.label}: build, warm up ({warmup} steps)")
                 r.setup(warmup)
             n = len(runners)
             # The set-ups handed each method's freed memory back to the OS; one untimed
@@ -256,7 +277,8 @@ def benchmark(cfg: Config, methods: Sequence[str], *, batch_size: int | None = N
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    full = next((r for r in rows if r["method"] == "full"), None)
+    full = next((r for r in rows if r["method"] == "full" and r["label"] == "full"), None) or \
+        next((r for r in rows if r["method"] == "full"), None)
     for r in rows:
         if full is None:
             r["ratio_to_full"] = None

@@ -39,10 +39,15 @@ def format_report(report: dict) -> str:
     mach, setup, gemm = report["machine"], report["setup"], report["gemm"]
     rows = report["methods"]
     load = report["machine"].get("loadavg_after")
+    compute = [f"{setup['layers']} layers"] if setup.get("layers") else []
+    if setup.get("amp") not in (None, "off"):
+        compute.append(f"amp {setup['amp']}")
+    if setup.get("recompute") is True:
+        compute.append("recompute")
     lines = [
         f"ppadapt bench: {setup['config']} ({setup['model']}), {setup['input']}, batch {setup['batch_size']}, "
         f"{setup['classes']} classes, {setup['warmup']} warm-up + {setup['steps']} timed steps per method, "
-        f"{setup['order']} order",
+        f"{setup['order']} order" + (f"; {', '.join(compute)}" if compute else ""),
         f"machine: {mach['cpu']}, {mach['cores']} cores, {mach['device']}, Paddle {mach['paddle']}, "
         f"OMP_NUM_THREADS={mach['OMP_NUM_THREADS']}, load average {mach['loadavg']} before"
         + (f", {load} after" if load else ""),
@@ -61,7 +66,7 @@ def format_report(report: dict) -> str:
         t, i = r["train_s"], r["infer_s"]
         ratio = r.get("ratio_to_full")
         time_rows.append([
-            r["method"], f"{t['median']:.{dt}f}", f"{t['min']:.{dt}f}-{t['max']:.{dt}f}",
+            r.get("label", r["method"]), f"{t['median']:.{dt}f}", f"{t['min']:.{dt}f}-{t['max']:.{dt}f}",
             f"{r['train_images_per_s']['median']:.1f}", f"{ratio['train']:.2f}" if ratio else "-",
             f"{i['median']:.{di}f}", f"{i['min']:.{di}f}-{i['max']:.{di}f}",
             f"{r['infer_images_per_s']['median']:.1f}"])
@@ -75,7 +80,7 @@ def format_report(report: dict) -> str:
         if m["peak_rss_increase_bytes"] is not None:
             rss += f" (+{_fmt_mib(m['peak_rss_increase_bytes'])})"
         size_rows.append([
-            r["method"], _fmt_count(p["trainable"]), _fmt_count(p["without_head"]),
+            r.get("label", r["method"]), _fmt_count(p["trainable"]), _fmt_count(p["without_head"]),
             _fmt_bytes(r["optimizer_state_bytes"]), rss, _fmt_mib(m["peak_tensor_bytes"]),
             f"{f['train'] / 1e9:.2f}", f"{f['train_over_forward']:.2f}",
             f"{r['train_gflops_per_s']:.1f}", f"{100 * r['train_gemm_share']:.0f}%"])
@@ -87,4 +92,29 @@ def format_report(report: dict) -> str:
     lines += ["", f"{mem_note}; tensors = peak of Paddle's allocator over the same window.",
               "train GFLOP: matmul FLOPs of forward + backward of one step (element-wise ops ignored); "
               "/fwd = over the forward's; GFLOP/s = train GFLOP / median step; of GEMM = share of the GEMM rate."]
+    lines += recompute_table(rows)
     return "\n".join(lines)
+
+
+def recompute_table(rows: Sequence[dict]) -> list[str]:
+    """Peak memory of each method without and with ``recompute`` (bench ``--recompute``), or nothing."""
+    pairs = [(r, next(o for o in rows if o["method"] == r["method"] and o.get("recompute")))
+             for r in rows if not r.get("recompute") and any(o["method"] == r["method"] and o.get("recompute")
+                                                               for o in rows)]
+    if not pairs:
+        return []
+
+    def saved(a: int | None, b: int | None) -> str:
+        return "n/a" if not a or b is None else f"{100 * (a - b) / a:.0f}%"
+
+    table = []
+    for plain, rc in pairs:
+        mp, mr = plain["memory"], rc["memory"]
+        table.append([plain["method"], _fmt_mib(mp["peak_tensor_bytes"]), _fmt_mib(mr["peak_tensor_bytes"]),
+                      saved(mp["peak_tensor_bytes"], mr["peak_tensor_bytes"]),
+                      _fmt_mib(mp["peak_rss_increase_bytes"]), _fmt_mib(mr["peak_rss_increase_bytes"]),
+                      f"{rc['train_s']['median'] / plain['train_s']['median']:.2f}"])
+    return ["", *_table(["method", "tensors MiB", "+rc", "saved", "RSS incr. MiB", "+rc", "step +rc / w/o"],
+                        table, right=set(range(1, 7))),
+            "", "+rc: recompute: true (each block's activations recomputed in the backward); tensors: peak of "
+                "Paddle's allocator over build + warm-up; step +rc / w/o: median training step with over without."]
