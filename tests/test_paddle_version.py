@@ -1,8 +1,9 @@
-"""The supported Paddle range (>= 3.0): below it, ``import ppadapt`` and every tool stop with one
+"""The supported Paddle range (>= 3.2): below it, ``import ppadapt`` and every tool stop with one
 line naming the found and needed versions and the pip command (issue 14)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,12 +24,12 @@ def test_parse_version(text, expected):
 
 
 def test_the_range():
-    assert MIN_PADDLE == (3, 0)
-    for ok in ("3.0.0", "3.0.0b2", "3.3.1", "4.0.0", "0.0.0", "develop"):  # 0.0.0: a source build
+    assert MIN_PADDLE == (3, 2)
+    for ok in ("3.2.0", "3.2.0b2", "3.3.1", "4.0.0", "0.0.0", "develop"):  # 0.0.0: a source build
         assert paddle_version_problem(ok) is None, ok
-    assert paddle_version_problem("2.6.2") == ('ppadapt needs PaddlePaddle >= 3.0 (tested with 3.3.1), found 2.6.2: '
-                                               'pip install -U "paddlepaddle>=3.0", then restart Python')
-    assert 'pip install -U "paddlepaddle-gpu>=3.0" from Paddle\'s CUDA package index' in \
+    assert paddle_version_problem("2.6.2") == ('ppadapt needs PaddlePaddle >= 3.2 (tested with 3.3.1), found 2.6.2: '
+                                               'pip install -U "paddlepaddle>=3.2", then restart Python')
+    assert 'pip install -U "paddlepaddle-gpu>=3.2" from Paddle\'s CUDA package index' in \
         paddle_version_problem("2.5.0", gpu_build=True)
     with pytest.raises(PaddleVersionError) as exc:
         check_paddle_version("2.6.2", gpu_build=False)
@@ -57,8 +58,8 @@ def test_import_ppadapt_fails_on_an_older_paddle():
     """)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines() == [
-        'PaddleVersionError ppadapt needs PaddlePaddle >= 3.0 (tested with 3.3.1), found 2.6.2: pip install -U '
-        '"paddlepaddle>=3.0", then restart Python']
+        'PaddleVersionError ppadapt needs PaddlePaddle >= 3.2 (tested with 3.3.1), found 2.6.2: pip install -U '
+        '"paddlepaddle>=3.2", then restart Python']
 
 
 def test_a_tool_says_it_in_one_line():
@@ -72,5 +73,13 @@ def test_a_tool_says_it_in_one_line():
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "ccache" not in line
              and "warnings.warn" not in line]
     assert proc.returncode == 2 and proc.stdout == ""
-    assert lines == ['error: ppadapt needs PaddlePaddle >= 3.0 (tested with 3.3.1), found 2.6.2: '
-                     'pip install -U "paddlepaddle>=3.0", then restart Python']
+    assert lines == ['error: ppadapt needs PaddlePaddle >= 3.2 (tested with 3.3.1), found 2.6.2: '
+                     'pip install -U "paddlepaddle>=3.2", then restart Python']
+
+
+def test_ci_runs_the_suite_on_the_oldest_supported_paddle():
+    """.ci/run's second pass is on MIN_PADDLE, so the declared floor is the tested one."""
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    oldest = re.search(r"^OLDEST_PADDLE=(\S+)$", ci, re.M)
+    assert oldest and parse_version(oldest.group(1))[:2] == MIN_PADDLE
+    assert ".venv-oldest/bin/python -m pytest" in ci
