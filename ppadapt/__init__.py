@@ -3,15 +3,17 @@
 Importing ppadapt applies the fast CPU settings (threads, MKL, stride kernels,
 malloc; see :mod:`ppadapt.utils.runtime`) unless the user has set them already. The
 thread settings only take effect when ppadapt is imported before Paddle. A Paddle older
-than ppadapt supports (3.0) stops the import with one line that says how to upgrade
+than ppadapt supports (3.2) stops the import with one line that says how to upgrade
 (:mod:`ppadapt.utils.paddle_version`).
 """
-from .utils.paddle_version import check_paddle_version
+import os as _os
+
+from .utils.paddle_version import check_at_import
 from .utils.runtime import apply_cpu_defaults, import_paddle_quietly, tune_cpu_runtime
 
 apply_cpu_defaults()
 import_paddle_quietly()
-check_paddle_version()
+check_at_import(_os.path.dirname(__file__))
 tune_cpu_runtime()
 
 from .methods.trainable import count_parameters, set_trainable, trainable_parameters  # noqa: E402

@@ -9,13 +9,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-try:
-    from ppadapt.apps.tune import tune_main
-except ImportError as exc:  # a Paddle older than ppadapt supports: its one line, no traceback
-    if type(exc).__name__ != "PaddleVersionError":
-        raise
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
+from ppadapt.apps.tune import tune_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(tune_main())

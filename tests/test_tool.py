@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppadapt.apps import predict
+from ppadapt.apps import image_inputs, predict
 from ppadapt.apps.tool import INTERRUPTED, ArgumentParser, run_tool
 from ppadapt.data import folder, images
 from ppadapt.errors import ConfigError, PPAdaptWarning, TrainingInterrupted
@@ -81,7 +81,7 @@ def test_format_size_missing_and_size_in():
 
 
 def test_one_list_of_image_suffixes(tmp_path):
-    assert predict.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    assert image_inputs.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES  # what expand_images reads (predict.py takes it from there)
     assert images.IMAGE_SUFFIX_TEXT == ".bmp, .jpeg, .jpg, .png, .webp"
     assert folder.decode_image is images.decode_image and predict.decode_image is images.decode_image
     pixels = np.full((6, 5, 3), 120, np.uint8)

@@ -23,9 +23,9 @@ from ..data.resolution import stage_bit_sizes
 from ..data.transforms import Pipeline
 from ..errors import CheckpointError, ConfigError, DataError
 from ..runs.loading import config_from_record
+from .image_inputs import DEFAULT_BATCH
 from .multitask import (MultiTaskModel, MultiTaskPredictor, add_backbone_arguments, backbone_from_args,
                         check_many_args, describe_many)
-from .predict import DEFAULT_BATCH
 from .tool import ArgumentParser, run_tool
 
 

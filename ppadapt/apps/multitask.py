@@ -50,7 +50,7 @@ from ..runs.checkpoint import load_weights
 from ..runs.layout import default_pretrained
 from ..runs.loading import config_from_record
 from ..runs.tasks import TaskFile, geometry_mismatch, read_task
-from .predict import DEFAULT_BATCH, DEFAULT_TOPK, Predictor, expand_images, top_k
+from .image_inputs import DEFAULT_BATCH, DEFAULT_TOPK, expand_images, to_rgb, top_k
 
 AdapterSpecs = Mapping[str, "str | os.PathLike | TaskFile"] | Iterable[tuple[str, "str | os.PathLike | TaskFile"]]
 
@@ -494,7 +494,7 @@ class MultiTaskPredictor:
             transform = self.model.task(name).transform
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                batch = np.stack([transform(Predictor.to_rgb(images[i])) for i in chunk])
+                batch = np.stack([transform(to_rgb(images[i])) for i in chunk])
                 logits = self.model.logits(batch, name)
                 rows = (F.softmax(logits, axis=-1) if softmax else logits).numpy()
                 for i, row in zip(chunk, rows):

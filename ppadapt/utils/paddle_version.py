@@ -11,6 +11,8 @@ with one line that says what was found, what is needed and the command that fixe
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 MIN_PADDLE = (3, 2)  # supported: Paddle >= 3.2, the oldest the whole suite passes on (CI runs it there too)
 TESTED_PADDLE = "3.3.1"
@@ -58,3 +60,18 @@ def check_paddle_version(found: str | None = None, gpu_build: bool | None = None
     problem = paddle_version_problem(found, gpu_build)
     if problem:
         raise PaddleVersionError(problem)
+
+
+def check_at_import(package_dir: str | Path) -> None:
+    """:func:`check_paddle_version` when ppadapt is imported. Run from one of ppadapt's scripts
+    (``python ppadapt/train.py``, whose file is in ``package_dir``) the problem is the tool's
+    one ``error:`` line and exit status 2, as every other tool error; anywhere else (a
+    notebook, a library) it is the :class:`PaddleVersionError`, for the caller to handle."""
+    try:
+        check_paddle_version()
+    except PaddleVersionError as exc:
+        script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+        if script is not None and script.suffix == ".py" and script.parent == Path(package_dir).resolve():
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
