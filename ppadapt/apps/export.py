@@ -76,18 +76,25 @@ class ExportResult:
     onnx_file: Path | None = None
 
 
-def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | None = None,
-                 onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
-                 log: Callable[[str], None] = print) -> ExportResult:
-    """Export the run at ``checkpoint`` (run dir, ``.pdparams`` or ``.safetensors``) to ``output``;
-    see the module docstring."""
+def checked_output(output: str | Path, onnx: bool) -> Path:
+    """The export folder, checked before any model is loaded: an unwritable ``--output`` or a
+    missing paddle2onnx fails at once, in one line."""
     if onnx and importlib.util.find_spec("paddle2onnx") is None:
         raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
                           "(pip install paddle2onnx, or export without --onnx)")
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} exists and is not a folder")
-    ensure_writable(out, ExportError)  # before the model is loaded: an unwritable --output fails at once
+    ensure_writable(out, ExportError)
+    return out
+
+
+def export_model(checkpoint: str | Path, output: str | Path, *, weights: str | None = None,
+                 onnx: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Export the run at ``checkpoint`` (run dir, ``.pdparams`` or ``.safetensors``) to ``output``;
+    see the module docstring."""
+    out = checked_output(output, onnx)
 
     run = load_run(checkpoint, weights)
     log(describe(run))
@@ -177,13 +184,7 @@ def export_tasks(model: MultiTaskModel, output: str | Path, *, names: Sequence[s
     tensors copied, a mergeable method folded in) and is checked against the logits the
     shared backbone gives for that task, so what is deployed is what was served.
     """
-    if onnx and importlib.util.find_spec("paddle2onnx") is None:
-        raise ConfigError("--onnx needs the paddle2onnx package, which is not installed "
-                          "(pip install paddle2onnx, or export without --onnx)")
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} exists and is not a folder")
-    ensure_writable(out, ExportError)
+    out = checked_output(output, onnx)
     names = list(names) if names else list(model.tasks)
     for name in names:
         model.task(name)

@@ -46,7 +46,7 @@ import paddle.nn as nn
 from ..errors import CheckpointError
 from ..version import __version__
 from .checkpoint import (atomic_write_dir, file_sha256, is_safetensors, json_default, load_state_dict,
-                         read_safetensors, write_safetensors)
+                         read_safetensors_hashed, write_safetensors)
 from .record import RUN_RECORD, read_record
 
 ADAPTER_DIR = "adapter"  # the folder a transfer writes in its run folder
@@ -219,10 +219,10 @@ def _read_folder(folder: Path, tensors_path: Path) -> tuple[dict, dict]:
     config = _read_config(config_path)
     if tensors_path.stat().st_size == 0:
         raise CheckpointError(f"{tensors_path} is empty (0 bytes): an interrupted copy? {_AGAIN}")
-    tensors = read_safetensors(tensors_path, what="adapter", fix=_AGAIN)
+    tensors, digest = read_safetensors_hashed(tensors_path, what="adapter", fix=_AGAIN)
     recorded = config.get("tensors")
     expected = recorded.get("sha256") if isinstance(recorded, dict) else None
-    if expected and file_sha256(tensors_path) != expected:
+    if expected and digest != expected:
         raise CheckpointError(f"{tensors_path} does not match its {CONFIG_FILE} (the SHA-256 recorded there "
                               f"differs): a corrupt copy, or files of two adapters mixed; {_AGAIN}")
     if not tensors:

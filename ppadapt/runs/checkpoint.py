@@ -306,16 +306,24 @@ def read_safetensors(path: str | os.PathLike, what: str = "checkpoint", fix: str
     as bytes: no pickle, no code, and no memory map left on the file (the tensors own their
     memory, so the file may be replaced while they are used). A truncated, corrupt or
     foreign file is one CheckpointError line; ``what`` names the file in it, ``fix`` says what to do."""
+    return read_safetensors_hashed(path, what, fix)[0]
+
+
+def read_safetensors_hashed(path: str | os.PathLike, what: str = "checkpoint",
+                            fix: str = _INTACT_ST) -> tuple[dict, str]:
+    """:func:`read_safetensors` and the hex SHA-256 of the bytes it read (what an adapter's
+    config records of its tensors file), from one read of the file."""
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return safetensors.paddle.load(data)
+        tensors = safetensors.paddle.load(data)
     except Exception as e:  # SafetensorError (header, bounds), an unknown dtype, ...
         raise CheckpointError(
             f"{what} {path} ({size:,} bytes) cannot be read: it is truncated, corrupt or not a "
             f"safetensors file ({load_failure(e, path)}); {fix}") from None
+    return tensors, hashlib.sha256(data).hexdigest()
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

@@ -153,19 +153,21 @@ def load_run(checkpoint: str | Path, weights: str | None = None) -> LoadedRun:
     model.eval()
     for param in model.parameters():
         param.stop_gradient = True
-    mean, std = _triple(record.mean, "mean"), _triple(record.std, "std")
+    mean, std = rgb_triple(record.mean, "mean"), rgb_triple(record.std, "std")
     return LoadedRun(model=model, config=cfg, record=record, run_dir=run_dir, weights=weights_file,
                      stage=stage, method=method, class_names=[str(c) for c in record.class_names],
                      mean=mean, std=std)
 
 
-def _triple(values: Any, what: str) -> tuple[float, float, float]:
+def rgb_triple(values: Any, what: str, prefix: str = "run.json's ") -> tuple[float, float, float]:
+    """``values`` as three floats (a mean or std per RGB channel); one CheckpointError line
+    ``{prefix}{what} must be 3 numbers ...`` otherwise."""
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         out = ()
     if len(out) != 3:
-        raise CheckpointError(f"run.json's {what} must be 3 numbers (one per RGB channel), got {values!r}")
+        raise CheckpointError(f"{prefix}{what} must be 3 numbers (one per RGB channel), got {values!r}")
     return out  # type: ignore[return-value]
 
 

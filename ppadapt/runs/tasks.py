@@ -16,7 +16,9 @@ from typing import Any, Mapping
 
 from ..errors import CheckpointError
 from ..models.vit import ViTConfig
-from .adapter_file import FIT, GEOMETRY_WORDS, backbone_geometry, find_adapter, geometry_differences, read_adapter
+from .adapter_file import (FIT, GEOMETRY_WORDS, backbone_geometry, find_adapter, geometry_differences,
+                           read_adapter)
+from .loading import rgb_triple
 from .record import RUN_RECORD, RunRecord, read_record
 
 # What must agree between an adapter and the backbone that serves it: the backbone's fit
@@ -65,15 +67,7 @@ def _record_beside(path: Path) -> Path | None:
 
 
 def _triple(values: Any, what: str, where: Path) -> tuple[float, float, float] | None:
-    if values is None:
-        return None
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        out = ()
-    if len(out) != 3:
-        raise CheckpointError(f"{where}: {what} must be 3 numbers (one per RGB channel), got {values!r}")
-    return out  # type: ignore[return-value]
+    return None if values is None else rgb_triple(values, what, prefix=f"{where}: ")
 
 
 def read_task(path: str | Path) -> TaskFile:

@@ -94,7 +94,7 @@ class Trainer:
             log(f"mixed precision: {stage}.amp {amp.level} in {amp.dtype}"
                 + (" with dynamic loss scaling" if amp.scales_loss else "")
                 + ("; the method's parameters and the head in float32" if amp.level == "O2" else ""))
-        recipe = describe_recipe(cfg, transfer_method(cfg)) if stage == "transfer" else None
+        recipe = describe_recipe(cfg, method) if stage == "transfer" else None
         if recipe:
             log(recipe)
         if st.lr_scale != "none":
