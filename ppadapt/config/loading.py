@@ -258,7 +258,6 @@ def _set_recipe(cfg: Config, rest: list[str], value: Any, dotted: str) -> None:
     recipes = dict(cfg.transfer.by_method)
     name = rest[0]
     if len(rest) == 1:
-        recipes.pop(name, None)
         recipes[name] = value
     elif len(rest) == 2:
         recipes[name] = {**(recipes.get(name) or {}), rest[1]: value}

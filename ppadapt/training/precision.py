@@ -29,8 +29,11 @@ from typing import Any, Iterable, Sequence
 import paddle
 import paddle.nn as nn
 from paddle.hapi.model import to_list, to_numpy
+from paddle.static import InputSpec
 
 from ..config import Config
+from ..methods.groups import parameter_groups
+from .optim import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,21 @@ def make_network(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, spec: A
     if scaler is None:
         return paddle.Model(model, inputs=inputs, labels=labels), optimizer
     return ScaledModel(model, inputs=inputs, labels=labels, scaler=scaler), optimizer
+
+
+def stage_network(model: nn.Layer, cfg: Config, stage: str, method: str, *, nranks: int = 1
+                  ) -> tuple[paddle.Model, paddle.optimizer.Optimizer, AmpSpec | None]:
+    """The stage's optimizer and the ``paddle.Model`` it trains ``model`` with (``method``'s
+    parameters and the head kept float32 under mixed precision), and the precision: as the
+    trainer and bench.py build them."""
+    amp = amp_spec(cfg, stage)
+    size = cfg.model.img_size
+    net, optimizer = make_network(
+        model, make_optimizer(model, cfg, stage, nranks=nranks), amp,
+        inputs=[InputSpec([None, cfg.model.in_chans, size, size], "float32", "image")],
+        labels=[InputSpec([None, 1], "int64", "label")],
+        float32_params=float32_parameters(parameter_groups(model, method)) if amp else ())
+    return net, optimizer, amp
 
 
 def scaler_state(net: paddle.Model) -> dict:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import paddle
-from paddle.static import InputSpec
 
 from ..config import Config, transfer_method
 from ..config.recipes import describe_recipe
@@ -29,9 +28,9 @@ from .callbacks.adaptation import probe_batch
 from .data_loading import StageData
 from .loss import make_loss
 from .mixing import soft_target_loss
-from .optim import lr_callback, make_optimizer
+from .optim import lr_callback
 from .plan import StagePlan
-from .precision import amp_spec, float32_parameters, make_network, restore_scaler, scaler_state
+from .precision import restore_scaler, scaler_state, stage_network
 from .resume import (capture, gather_rng_states, master_weights_as_tensors, remap_optimizer_state,
                      restore_global_rng)
 from .signals import StopRequest, stop_on_sigint
@@ -83,13 +82,7 @@ class Trainer:
         # With several processes paddle.Model itself calls init_parallel_env and wraps the
         # network in paddle.DataParallel (gradients all-reduced, weights identical on every rank);
         # mixed precision prepares the network before that (precision.make_network).
-        self.optimizer = make_optimizer(model, cfg, stage, nranks=nranks)
-        amp = amp_spec(cfg, stage)
-        self.net, self.optimizer = make_network(
-            model, self.optimizer, amp,
-            inputs=[InputSpec([None, 3, cfg.model.img_size, cfg.model.img_size], "float32", "image")],
-            labels=[InputSpec([None, 1], "int64", "label")],
-            float32_params=float32_parameters(parameter_groups(model, method)) if amp else ())
+        self.net, self.optimizer, amp = stage_network(model, cfg, stage, method, nranks=nranks)
         if amp is not None:
             log(f"mixed precision: {stage}.amp {amp.level} in {amp.dtype}"
                 + (" with dynamic loss scaling" if amp.scales_loss else "")

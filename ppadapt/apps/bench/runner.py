@@ -8,7 +8,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import paddle
-from paddle.static import InputSpec
 
 from ...config import Config, validate
 from ...data import build_datasets
@@ -17,11 +16,9 @@ from ...errors import ConfigError, DataError
 from ...methods import get_method
 from ...methods.build import apply_transfer_method, build_model
 from ...methods.trainable import count_parameters
-from ...methods.groups import parameter_groups
 from ...training.engine import configure_training, seed_everything
 from ...training.loss import make_loss
-from ...training.optim import make_optimizer
-from ...training.precision import amp_spec, float32_parameters, make_network
+from ...training.precision import stage_network
 from .flops import train_step_flops
 from .probes import MemoryProbe, malloc_trim, optimizer_state_bytes, sync
 from .stats import rate, summarize
@@ -116,13 +113,7 @@ class _Runner:
         apply_transfer_method(model, cfg)
         self.layers = configure_training(model, cfg, "transfer")
         self.params = count_parameters(model)
-        size = cfg.model.img_size
-        amp = amp_spec(cfg, "transfer")
-        net, optimizer = make_network(
-            model, make_optimizer(model, cfg, "transfer"), amp,
-            inputs=[InputSpec([None, cfg.model.in_chans, size, size], "float32", "image")],
-            labels=[InputSpec([None, 1], "int64", "label")],
-            float32_params=float32_parameters(parameter_groups(model, self.method)) if amp else ())
+        net, optimizer, _ = stage_network(model, cfg, "transfer", self.method)
         net.prepare(optimizer, make_loss(cfg, "transfer"),
                     paddle.metric.Accuracy(topk=(1, min(5, self.classes))))
         self.model, self.net, self.optimizer = model, net, optimizer
