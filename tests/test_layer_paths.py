@@ -17,7 +17,7 @@ from ppadapt.errors import ConfigError
 from ppadapt.methods import get_method
 from ppadapt.methods.trainable import set_trainable
 from ppadapt.models import fast_layers
-from ppadapt.models.fast_layers import LayerNorm, Linear, layer_path, native_layer_norm, use_layers
+from ppadapt.models.fast_layers import LayerNorm, Linear, Switchable, layer_path, native_layer_norm, use_layers
 from ppadapt.training.engine import configure_training
 
 from test_fast_layers import NEEDS, _reference
@@ -53,14 +53,15 @@ def test_the_switch_builds_native_layers_that_use_paddles_kernels(monkeypatch):
     model = _model("adaptformer", "native")
     layers = [m for m in model.sublayers() if isinstance(m, (Linear, LayerNorm))]
     assert len(layers) == 2 * (4 + 2) + 1 + 1 + 2 * 2  # per block 4 linears, 2 norms; final norm; head; branches
-    assert all(m.native for m in layers)
+    switchable = [m for m in model.sublayers() if isinstance(m, Switchable)]
+    assert set(layers) < set(switchable) and all(m.path == "native" for m in switchable)
     calls = []
     monkeypatch.setattr(fast_layers._LinearFunction, "apply", lambda *a: calls.append("linear"))
     monkeypatch.setattr(fast_layers._LayerNormFunction, "apply", lambda *a: calls.append("layernorm"))
     model.train()
     model(paddle.randn([2, 3, 32, 32])).sum().backward()
     assert calls == []
-    assert use_layers(model, "fast") == len(layers) and not any(m.native for m in layers)
+    assert use_layers(model, "fast") == len(switchable) and all(m.path == "fast" for m in switchable)
     with pytest.raises(ValueError):
         use_layers(model, "auto")  # a model takes a decided path, not a choice
 
@@ -129,11 +130,11 @@ def test_model_layers_key_reaches_the_model():
     cfg = load_config(None, ["model.layers=native", "model.depth=2", "model.embed_dim=32", "model.num_heads=2"])
     model = tiny_vit()
     assert configure_training(model, cfg, "transfer") == "native"
-    assert all(m.native for m in model.sublayers() if isinstance(m, Linear))
+    assert all(m.path == "native" for m in model.sublayers() if isinstance(m, Linear))
     cfg = load_config(None, [])
     assert cfg.model.layers == "auto"
     assert configure_training(model, cfg, "transfer") == layer_path("auto")
-    with pytest.raises(ConfigError, match=r"^model.layers must be one of auto, fast, native, got 'slow'"):
+    with pytest.raises(ConfigError, match=r"^model.layers must be one of auto, fast, native, fused, got 'slow'"):
         load_config(None, ["model.layers=slow"])
 
 
@@ -148,7 +149,7 @@ def test_the_cpu_default_is_todays_path():
     model = tiny_vit()
     assert configure_training(model, cfg, "transfer") == "fast"
     assert model.recompute is False and model.amp is None
-    assert not any(m.native for m in model.sublayers() if isinstance(m, (Linear, LayerNorm)))
+    assert all(m.path == "fast" for m in model.sublayers() if isinstance(m, Switchable))
     opt = paddle.optimizer.Momentum(0.1, parameters=model.parameters())
     net, same = make_network(model, opt, amp_spec(cfg, "transfer"), inputs=None, labels=None)
     assert type(net) is paddle.Model and same is opt and model.amp is None

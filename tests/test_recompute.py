@@ -15,25 +15,27 @@ from ppadapt.config import load_config
 from ppadapt.methods import get_method
 from ppadapt.methods.trainable import set_trainable
 from ppadapt.models import recompute as recompute_module
+from ppadapt.models.fast_layers import use_layers
 from ppadapt.training.engine import configure_training
 
 from tiny import tiny_vit
 
 
-def _model(method: str, recompute: bool):
+def _model(method: str, recompute: bool, layers: str = "fast"):
     paddle.seed(0)
     model = tiny_vit(drop_path_rate=0.1)
     spec = get_method(method)
     if method != "full":
         spec.apply_to(model)
     set_trainable(model, spec.is_trainable)
+    use_layers(model, layers)
     model.recompute = recompute
     return model
 
 
-def _train(method: str, recompute: bool, steps: int = 3):
+def _train(method: str, recompute: bool, steps: int = 3, layers: str = "fast"):
     """Weights before and after ``steps`` Momentum steps, and the first step's gradients."""
-    model = _model(method, recompute)
+    model = _model(method, recompute, layers)
     before = {n: p.numpy().copy() for n, p in model.named_parameters()}
     params = [p for p in model.parameters() if not p.stop_gradient]
     opt = paddle.optimizer.Momentum(0.05, 0.9, parameters=params)

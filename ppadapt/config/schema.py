@@ -49,15 +49,16 @@ class ModelSection(ViTConfig):
     * ``backbone``: the PaddleClas constructor this architecture is (``transfer.py --backbone``
       sets it); a pretrained file with no ppadapt ``run.json`` beside it is then normalised
       as that backbone's weights (None: mean = std = 0.5, PaddleClas's ViTs').
-    * ``layers``: the Linear/LayerNorm code training runs (``auto``: the hand-written CPU
-      backward on the CPU, Paddle's own kernels on a GPU; ``fast``; ``native``), see
+    * ``layers``: the Linear/LayerNorm/GELU/softmax code training runs (``auto``: the
+      hand-written CPU backward on the CPU, Paddle's own kernels on a GPU; ``fast``; ``native``;
+      ``fused``: ppadapt's C++ CPU kernels, within float tolerance of ``fast``), see
       :func:`ppadapt.models.fast_layers.layer_path`. Same parameters either way.
     """
 
     carry: dict = field(default_factory=dict)
     drop_border: bool = False
     backbone: str | None = None
-    layers: str = "auto"  # auto | fast | native
+    layers: str = "auto"  # auto | fast | native | fused
 
     def architecture(self) -> ViTConfig:
         """The plain :class:`ViTConfig` of this section (what :class:`VisionTransformer` takes)."""

@@ -22,7 +22,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
 
-from ..models.fast_layers import Linear
+from ..models.fast_layers import Dropout, Linear
 from .base import Tuner
 
 SUBLAYER = "adaptmlp"
@@ -82,6 +82,7 @@ class Adapter(nn.Layer):
         super().__init__()
         self.layernorm = layernorm
         self.dropout = dropout
+        self.drop = Dropout(dropout)
         self.adapter_layer_norm = nn.LayerNorm(dim) if layernorm != "none" else None
         if learnable_scale:
             self.scale = self.create_parameter([1], default_initializer=Constant(scale))
@@ -105,7 +106,7 @@ class Adapter(nn.Layer):
         if self.layernorm == "in":
             x = self.adapter_layer_norm(x)
         x = F.relu(self.down_proj(x))
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self.drop(x)
         x = self.up_proj(x) * self.scale
         if self.layernorm == "out":
             x = self.adapter_layer_norm(x)

@@ -30,10 +30,18 @@ operation costs ~0.2 ms. The values are the same, so the LayerNorm backward expa
 its per-row statistics (6.7 -> 4.7 ms per call) and the ViT adds its position
 embedding without the leading size-1 axis.
 
+Fused CPU kernels. ``model.layers: fused`` runs LayerNorm, GELU and the attention softmax
+(with its scale) on ppadapt's own C++ kernels (:mod:`ppadapt.kernels`: one pass over memory
+on all of Paddle's threads, where Paddle's CPU kernels for these take one thread and several
+passes); the Linear layers stay on the fast path. Their values agree with Paddle's within float
+tolerance but not to the bit, so it is an option: ``fast`` stays the CPU default and keeps
+earlier runs reproducible. Where the kernels cannot be compiled, the fast path runs instead.
+
 Where each path runs. The hand-written backward was measured to help on the CPU only; on
 a GPU Paddle's fused kernels are the better bet. :func:`layer_path` decides, in this one
 place, which path a model trains with (``model.layers``: ``auto`` = fast on the CPU,
-native elsewhere), and :func:`use_layers` switches a built model's layers. A native
+native elsewhere; ``fused`` is CPU-only), and :func:`use_layers` switches a built model's
+layers (:class:`Linear`, :class:`LayerNorm`, :class:`GELU`, :class:`ScaledSoftmax`). A native
 layer is the same object with the same parameters (checkpoints are interchangeable); it
 calls Paddle's ``F.linear`` / ``F.layer_norm``, except for a LayerNorm whose scale is
 frozen while its input needs a gradient: that is the case Paddle 3.3.1's CPU kernel gets
@@ -49,7 +57,10 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-LAYER_CHOICES = ("auto", "fast", "native")  # model.layers
+from ..kernels import functions as fused
+
+LAYER_CHOICES = ("auto", "fast", "native", "fused")  # model.layers
+PATHS = ("fast", "native", "fused")  # what a choice resolves to
 # paddle.amp.is_autocast_enabled is recent; without it (an early 3.x) autocast is taken to be off.
 _autocast_on = getattr(paddle.amp, "is_autocast_enabled", None) or (lambda: False)
 
@@ -85,29 +96,52 @@ def _wants_fast_path(*tensors) -> bool:
 
 
 def layer_path(choice: str = "auto", device: str | None = None) -> str:
-    """``"fast"`` or ``"native"``: the layers a model trains with, for ``model.layers`` = ``choice``
+    """``"fast"``, ``"native"`` or ``"fused"``: the layers a model trains with, for ``model.layers`` = ``choice``
     on ``device`` (``"cpu"``, ``"gpu"``, ...; default: Paddle's current device). ``auto`` takes the
     fast backward only where it was measured to help, the CPU."""
     if choice not in LAYER_CHOICES:
         raise ValueError(f"unknown layer path {choice!r} (choose one of {', '.join(LAYER_CHOICES)})")
+    on_cpu = (device or paddle.device.get_device()).split(":")[0] == "cpu"
+    if choice == "fused" and not on_cpu:
+        raise ValueError("model.layers=fused runs on the CPU only; use auto or native on this device")
     if choice != "auto":
         return choice
-    device = device or paddle.device.get_device()
-    return "fast" if device.split(":")[0] == "cpu" else "native"
+    return "fast" if on_cpu else "native"
+
+
+class Switchable:
+    """A layer whose code follows ``model.layers`` (its ``path``, set by :func:`use_layers`)."""
+
+    path: str = "fast"
 
 
 def use_layers(model: nn.Layer, path: str) -> int:
-    """Switch every :class:`Linear` and :class:`LayerNorm` of ``model`` to ``path`` (``"fast"`` or
-    ``"native"``, see :func:`layer_path`); returns how many layers it set. Parameters, names and
-    values are untouched."""
-    if path not in ("fast", "native"):
-        raise ValueError(f"layer path must be 'fast' or 'native', got {path!r}")
+    """Switch every :class:`Switchable` layer of ``model`` (Linear, LayerNorm, GELU, softmax,
+    dropout, attention) to ``path`` (one of ``PATHS``, see :func:`layer_path`); returns how many layers it
+    set. Parameters, names and values are untouched."""
+    if path not in PATHS:
+        raise ValueError(f"layer path must be one of {', '.join(PATHS)}, got {path!r}")
     count = 0
     for layer in model.sublayers(include_self=True):
-        if isinstance(layer, (Linear, LayerNorm)):
-            layer.native = path == "native"
+        if isinstance(layer, Switchable):
+            layer.path = path
             count += 1
     return count
+
+
+def runs_fused(layer: Switchable, x: paddle.Tensor) -> bool:
+    """Whether ``layer`` takes ppadapt's C++ kernels for ``x``: on the ``fused`` path, outside
+    mixed precision, for a float32 CPU tensor in dygraph mode (export uses Paddle's ops)."""
+    return layer.path == "fused" and not _autocast_on() and fused.usable(x)
+
+
+def fused_kernels_problem() -> str | None:
+    """Why ``model.layers=fused`` cannot run here (one line), or None when it can."""
+    if fused.kernels() is not None:
+        return None
+    from ..kernels.build import failure
+
+    return failure() or "the fused kernels are unavailable"
 
 
 def native_layer_norm(x: paddle.Tensor, weight: paddle.Tensor | None, bias: paddle.Tensor | None,
@@ -168,29 +202,65 @@ class _LayerNormFunction(PyLayer):
         return dx, dw, db
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(Switchable, nn.LayerNorm):
     """``nn.LayerNorm`` over the last axis with a faster training backward; same parameters.
-    ``native``: Paddle's own kernel (with the frozen-scale workaround), see :func:`use_layers`."""
-
-    native: bool = False
+    ``path`` (see :func:`use_layers`): ``native`` is Paddle's own kernel (with the frozen-scale
+    workaround), ``fused`` ppadapt's C++ kernel."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if len(self._normalized_shape) != 1:
             return super().forward(x)
-        if self.native or _autocast_on():
+        if self.path == "native" or _autocast_on():
             return native_layer_norm(x, self.weight, self.bias, self._epsilon)
+        if runs_fused(self, x) and self.weight is not None and self.bias is not None:
+            return fused.layer_norm(x, self.weight, self.bias, self._epsilon)
         if self.weight is None or self.bias is None or not _wants_fast_path(x, self.weight, self.bias):
             return super().forward(x)
         return _LayerNormFunction.apply(x, self.weight, self.bias, self._epsilon)
 
 
-class Linear(nn.Linear):
+class Linear(Switchable, nn.Linear):
     """``nn.Linear`` with :func:`linear`'s fast bias gradient; same parameters and names.
-    ``native``: Paddle's own ``F.linear``, see :func:`use_layers`."""
-
-    native: bool = False
+    ``path``: ``native`` is Paddle's own ``F.linear`` (see :func:`use_layers`); ``fused`` keeps
+    the fast path, which is already one GEMM each way."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.native:
+        if self.path == "native":
             return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)
+
+
+class GELU(Switchable, nn.GELU):
+    """``nn.GELU``; on the ``fused`` path (see :func:`use_layers`) the exact GELU runs on
+    ppadapt's C++ kernel."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if runs_fused(self, x) and not self._approximate:
+            return fused.gelu(x)
+        return super().forward(x)
+
+
+class ScaledSoftmax(Switchable, nn.Layer):
+    """``softmax(x * scale)`` over the last axis (attention's); on the ``fused`` path (see
+    :func:`use_layers`) in one C++ kernel. No parameters."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if runs_fused(self, x):
+            return fused.scaled_softmax(x, self.scale)
+        return F.softmax(x * self.scale, axis=-1)
+
+
+class Dropout(Switchable, nn.Dropout):
+    """``nn.Dropout``; on the ``fused`` path (see :func:`use_layers`) ``upscale_in_train`` dropout
+    over all elements runs on ppadapt's C++ kernel, whose random mask differs from Paddle's (same
+    distribution, seeded from Paddle's generator). Other paths draw exactly Paddle's mask."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if (self.training and 0.0 < self.p < 1.0 and self.axis is None and self.mode == "upscale_in_train"
+                and runs_fused(self, x)):
+            return fused.dropout(x, self.p)
+        return super().forward(x)

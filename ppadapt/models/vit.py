@@ -22,7 +22,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
-from .fast_layers import LayerNorm, Linear
+from ..kernels import functions as fused
+from .fast_layers import GELU, Dropout, LayerNorm, Linear, ScaledSoftmax, Switchable, runs_fused
 from .recompute import run_block
 
 _trunc_normal = TruncatedNormal(std=0.02)
@@ -77,16 +78,18 @@ class Mlp(nn.Layer):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class Attention(nn.Layer):
-    """Multi-head self-attention with one fused qkv projection."""
+class Attention(Switchable, nn.Layer):
+    """Multi-head self-attention with one fused qkv projection. On the ``fused`` layer path
+    (:func:`~ppadapt.models.fast_layers.use_layers`) the moves of q, k, v into heads and back
+    run on ppadapt's C++ kernels, one pass each instead of a transpose and a copy."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -95,18 +98,23 @@ class Attention(nn.Layer):
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
+        self.softmax = ScaledSoftmax(self.scale)
         self.qkv = Linear(dim, dim * 3, bias_attr=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = Dropout(attn_drop)
         self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x):
+        if runs_fused(self, x):
+            q, k, v = fused.split_heads(self.qkv(x), self.num_heads)
+            attn = self.attn_drop(self.softmax(paddle.matmul(q, k, transpose_y=True)))
+            return self.proj_drop(self.proj(fused.heads_to_tokens(paddle.matmul(attn, v))))
         n, c = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape([-1, n, 3, self.num_heads, c // self.num_heads])
         # unbind, not qkv[0]/qkv[1]/qkv[2]: indexing costs three slice kernels and
         # three slice-gradient kernels per block, and is measurably slower on CPU.
         q, k, v = paddle.unbind(qkv.transpose([2, 0, 3, 1, 4]), axis=0)
-        attn = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
+        attn = self.softmax(paddle.matmul(q, k, transpose_y=True))
         attn = self.attn_drop(attn)
         x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, n, c])
         return self.proj_drop(self.proj(x))
@@ -235,7 +243,7 @@ class VisionTransformer(nn.Layer):
         tokens = self.patch_embed.num_patches + 1
         self.pos_embed = self.create_parameter([1, tokens, cfg.embed_dim], default_initializer=_zeros)
         self.cls_token = self.create_parameter([1, 1, cfg.embed_dim], default_initializer=_zeros)
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = Dropout(cfg.drop_rate)
         rates = np.linspace(0, cfg.drop_path_rate, cfg.depth)
         self.blocks = nn.LayerList([
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate,

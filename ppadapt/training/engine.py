@@ -18,10 +18,10 @@ import numpy as np
 import paddle
 
 from ..config import Config, transfer_method
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..methods.build import apply_freezing, apply_transfer_method, build_model
 from ..methods.trainable import ParamCount, count_parameters
-from ..models.fast_layers import layer_path, use_layers
+from ..models.fast_layers import fused_kernels_problem, layer_path, use_layers
 from ..models.vit import VisionTransformer
 from ..runs.adapter_file import load_adapter
 from ..runs.checkpoint import load_weights
@@ -104,11 +104,19 @@ def settle_device(cfg: Config, stage: str) -> str:
     return device
 
 
-def configure_training(model: paddle.nn.Layer, cfg: Config, stage: str) -> str:
-    """The model's training settings that are not architecture: which Linear/LayerNorm code runs
-    (``model.layers``, decided by :func:`~ppadapt.models.fast_layers.layer_path` for the current
-    device) and the stage's ``recompute``; returns the layer path."""
-    path = layer_path(cfg.model.layers)
+def configure_training(model: paddle.nn.Layer, cfg: Config, stage: str,
+                       log: Callable[[str], None] = print) -> str:
+    """The model's training settings that are not architecture: which Linear/LayerNorm/GELU/softmax
+    code runs (``model.layers``, decided by :func:`~ppadapt.models.fast_layers.layer_path` for the
+    current device; ``fused`` falls back to ``fast``, with one line, where its kernels cannot be
+    built) and the stage's ``recompute``; returns the layer path."""
+    try:
+        path = layer_path(cfg.model.layers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if path == "fused" and (problem := fused_kernels_problem()):
+        log(f"model.layers=fused: {problem}; training on the fast layers instead")
+        path = "fast"
     use_layers(model, path)
     model.recompute = bool(cfg.stage(stage).recompute)
     return path
@@ -147,9 +155,9 @@ def prepare_model(cfg: Config, stage: str, class_num: int, log: Callable[[str], 
             log(f"loaded adapter {cfg.transfer.resume_adapter}")
     else:
         apply_freezing(model, False)
-    path = configure_training(model, cfg, stage)
+    path = configure_training(model, cfg, stage, log)
     if path != "fast" or model.recompute:  # not the CPU default: say what runs
-        log(f"device {paddle.device.get_device()}: {path} Linear/LayerNorm"
+        log(f"device {paddle.device.get_device()}: {path} layers"
             + (", each block's activations recomputed in the backward" if model.recompute else ""))
     params = count_parameters(model)
     log(str(params))

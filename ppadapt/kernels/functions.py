@@ -1,0 +1,158 @@
+"""GELU, scaled softmax and LayerNorm on the fused CPU kernels, with their gradients.
+
+Each function takes a float32 CPU tensor in dygraph mode (:func:`usable` says whether one
+can); the layers in :mod:`ppadapt.models.fast_layers` call them on the ``fused`` path and fall
+back to Paddle's ops otherwise (export, mixed precision, other devices and dtypes). The
+gradient of a LayerNorm's frozen scale or shift is not computed.
+"""
+from __future__ import annotations
+
+import paddle
+from paddle.autograd import PyLayer
+
+from .build import load
+
+
+def kernels():
+    """The compiled kernels module, or None where it cannot be built (see :mod:`.build`)."""
+    return load()
+
+
+def usable(x: paddle.Tensor) -> bool:
+    """Whether ``x`` can go through the fused kernels: float32 on the CPU, in dygraph mode."""
+    return (paddle.in_dynamic_mode() and x.dtype == paddle.float32 and x.place.is_cpu_place()
+            and x.size > 0 and kernels() is not None)
+
+
+def _dense(t: paddle.Tensor) -> paddle.Tensor:
+    """The kernels read raw row-major memory: a strided view is copied first."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+class _Gelu(PyLayer):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return kernels().ppadapt_gelu_fwd(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensor()
+        return kernels().ppadapt_gelu_bwd(x, _dense(dy))
+
+
+class _ScaledSoftmax(PyLayer):
+    @staticmethod
+    def forward(ctx, x, scale):
+        y = kernels().ppadapt_softmax_fwd(x, scale)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensor()
+        return kernels().ppadapt_softmax_bwd(y, _dense(dy), ctx.scale)
+
+
+class _LayerNorm(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, bias, epsilon):
+        y, mean, rstd = kernels().ppadapt_layer_norm_fwd(x, weight, bias, epsilon)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensor()
+        need_x, need_w, need_b = ctx.needs
+        dx, dw, db = kernels().ppadapt_layer_norm_bwd(x, weight, mean, rstd, _dense(dy), need_x, need_w, need_b)
+        return dx if need_x else None, dw if need_w else None, db if need_b else None
+
+
+def _tracks(*tensors: paddle.Tensor) -> bool:
+    return paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors)
+
+
+def gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """Exact (erf) GELU of a float32 CPU tensor."""
+    x = _dense(x)
+    return _Gelu.apply(x) if _tracks(x) else kernels().ppadapt_gelu_fwd(x)
+
+
+def scaled_softmax(x: paddle.Tensor, scale: float) -> paddle.Tensor:
+    """``softmax(x * scale)`` over the last axis of a float32 CPU tensor."""
+    x = _dense(x)
+    return _ScaledSoftmax.apply(x, float(scale)) if _tracks(x) else kernels().ppadapt_softmax_fwd(x, float(scale))
+
+
+def layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, epsilon: float) -> paddle.Tensor:
+    """LayerNorm over the last axis of a float32 CPU tensor, with a scale and a shift."""
+    x = _dense(x)
+    if _tracks(x, weight, bias):
+        return _LayerNorm.apply(x, weight, bias, float(epsilon))
+    return kernels().ppadapt_layer_norm_fwd(x, weight, bias, float(epsilon))[0]
+
+
+class _Dropout(PyLayer):
+    @staticmethod
+    def forward(ctx, x, seed, p):
+        ctx.seed, ctx.p = seed, p
+        return kernels().ppadapt_dropout_fwd(x, seed, p)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return kernels().ppadapt_dropout_bwd(_dense(dy), ctx.seed, ctx.p)
+
+
+def dropout(x: paddle.Tensor, p: float) -> paddle.Tensor:
+    """Inverted dropout (``upscale_in_train``) of a float32 CPU tensor while training. Its mask
+    comes from a seed drawn from Paddle's generator (so ``paddle.seed`` reproduces it), but it
+    is not the mask Paddle's dropout would draw."""
+    high, low = (int(v) for v in paddle.randint(0, 2 ** 31 - 1, [2], dtype="int64").numpy())
+    seed = (high << 31) | low
+    x = _dense(x)
+    return _Dropout.apply(x, seed, float(p)) if _tracks(x) else kernels().ppadapt_dropout_fwd(x, seed, float(p))
+
+
+class _SplitHeads(PyLayer):
+    @staticmethod
+    def forward(ctx, qkv, heads):
+        return tuple(kernels().ppadapt_split_heads(qkv, heads))
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        return kernels().ppadapt_merge_heads(*(_dense(g) for g in _filled(dq, dk, dv)))
+
+
+class _HeadsToTokens(PyLayer):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.heads = x.shape[1]
+        return kernels().ppadapt_heads_to_tokens(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return kernels().ppadapt_tokens_to_heads(_dense(dy), ctx.heads)
+
+
+def _filled(*grads):
+    """Gradients with a zero tensor for any output that got none."""
+    like = next(g for g in grads if g is not None)
+    return [g if g is not None else paddle.zeros_like(like) for g in grads]
+
+
+def split_heads(qkv: paddle.Tensor, heads: int) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """A qkv projection's output ``[B, N, 3 * C]`` as q, k, v of shape ``[B, heads, N, C / heads]``
+    (``reshape([B, N, 3, heads, -1]).transpose([2, 0, 3, 1, 4])`` and ``unbind``, in one pass)."""
+    qkv = _dense(qkv)
+    if _tracks(qkv):
+        return _SplitHeads.apply(qkv, int(heads))
+    return tuple(kernels().ppadapt_split_heads(qkv, int(heads)))
+
+
+def heads_to_tokens(x: paddle.Tensor) -> paddle.Tensor:
+    """``[B, H, N, D]`` as ``[B, N, H * D]`` (``transpose([0, 2, 1, 3])`` and ``reshape``, in one pass)."""
+    x = _dense(x)
+    return _HeadsToTokens.apply(x) if _tracks(x) else kernels().ppadapt_heads_to_tokens(x)
