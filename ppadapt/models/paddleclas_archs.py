@@ -15,7 +15,18 @@ a test checks they agree) and the normalisation its training configs use:
   (``-o model.epsilon=1e-5`` gives PaddleClas's numerics). Its classifier reads the
   normed class token, like every ViT here (the average pool + ``fc_norm`` path is
   only its ViT-H's), and the two tensors that differ from a plain ViT are handled when
-  loading (:func:`ppadapt.runs.pretrained.adapt_state_dict`).
+  loading (:func:`ppadapt.runs.pretrained.adapt_state_dict`). The same module's BEiTv2 and
+  CLIP ViTs are two more families (their own normalisation) whose architecture switches
+  ViTConfig's family options on:
+
+  - ``BEiTv2_*``: per-block layer scale (``gamma_1``/``gamma_2``) and relative position bias,
+    no absolute position embedding, epsilon 1e-6. PaddleClas ships no BEiTv2 config with its
+    package, so the normalisation is BEiT v2's own fine-tuning default, ImageNet mean/std;
+  - ``CLIP_*``: ``ln_pre`` before the blocks, epsilon 1e-5, CLIP's mean/std. The classifier reads
+    the normed class token as PaddleClas's classifier does (``proj``, CLIP's image projection, is
+    dropped when loading unless ``model.output_dim`` asks for it); ``CLIP_vit_base_patch16_224``
+    is marked in PaddleClas as an embedding of the mean of its patch tokens (``pool: mean``).
+    PaddleClas's MLPs use the exact GELU, and so does ppadapt (``-o model.act=quick_gelu``: OpenAI's).
 """
 from __future__ import annotations
 
@@ -54,13 +65,34 @@ FOUNDATION_URLS: dict[str, str] = {
     name: f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/foundation_models/{name}.pdparams"
     for name in FOUNDATION_VITS}
 
+_FOUNDATION_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/foundation_models/{}.pdparams"
+_BEIT = dict(img_size=224, patch_size=16, qkv_bias=True, epsilon=1e-6, abs_pos_embed=False, rel_pos_bias=True)
+BEIT_VITS: dict[str, ViTConfig] = {  # layer_scale: BEiT v2's own init (overwritten by the weights)
+    "BEiTv2_vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12, layer_scale=0.1, **_BEIT),
+    "BEiTv2_vit_large_patch16_224": ViTConfig(embed_dim=1024, depth=24, num_heads=16, layer_scale=1e-5, **_BEIT),
+}
+BEIT_URLS: dict[str, str] = {name: _FOUNDATION_URL.format(name) for name in BEIT_VITS}
+
+_CLIP = dict(qkv_bias=True, epsilon=1e-5, pre_norm=True)
+_CLIP_B = dict(embed_dim=768, depth=12, num_heads=12, **_CLIP)
+_CLIP_L = dict(embed_dim=1024, depth=24, num_heads=16, **_CLIP)
+CLIP_VITS: dict[str, ViTConfig] = {
+    "CLIP_vit_base_patch16_224": ViTConfig(img_size=224, patch_size=16, pool="mean", **_CLIP_B),
+    "CLIP_vit_base_patch32_224": ViTConfig(img_size=224, patch_size=32, **_CLIP_B),
+    "CLIP_vit_large_patch14_224": ViTConfig(img_size=224, patch_size=14, **_CLIP_L),
+    "CLIP_vit_large_patch14_336": ViTConfig(img_size=336, patch_size=14, **_CLIP_L),
+}
+CLIP_URLS: dict[str, str] = {name: _FOUNDATION_URL.format(name) for name in CLIP_VITS}
+
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+NORMALISATION_WORDS = {HALF: "mean = std = 0.5", IMAGENET: "ImageNet mean/std", CLIP: "CLIP mean/std"}
 
 
 @dataclass(frozen=True)
 class Family:
-    """The ViTs of one PaddleClas module: architectures, weight URLs, normalisation."""
+    """ViTs of one PaddleClas module with one normalisation: architectures, weight URLs, mean/std."""
 
     module: str  # under ppcls/arch/backbone/model_zoo/
     archs: dict[str, ViTConfig]
@@ -73,6 +105,8 @@ FAMILIES = (
     Family("vision_transformer", PADDLECLAS_VITS, PADDLECLAS_URLS, *HALF),
     Family("distilled_vision_transformer", DEIT_VITS, DEIT_URLS, *IMAGENET),
     Family("foundation_vit", FOUNDATION_VITS, FOUNDATION_URLS, *IMAGENET),
+    Family("foundation_vit", BEIT_VITS, BEIT_URLS, *IMAGENET),
+    Family("foundation_vit", CLIP_VITS, CLIP_URLS, *CLIP),
 )
 
 
@@ -108,12 +142,24 @@ def paddleclas_normalization(name: str) -> tuple[tuple[float, ...], tuple[float,
 
 
 def list_backbones() -> str:
-    """One line per backbone: name, input size, patch, width x depth, heads, normalisation."""
+    """One line per backbone: name, input size, patch, width x depth, heads, normalisation, and
+    the family options it switches on."""
     lines = []
     for family in FAMILIES:
-        norm = "mean = std = 0.5" if (family.mean, family.std) == HALF else "ImageNet mean/std"
+        norm = NORMALISATION_WORDS[(family.mean, family.std)]
         for name, a in family.archs.items():
-            lines.append(f"{name:24s} {a.img_size}px patch {a.patch_size:2d}, width {a.embed_dim:4d} x depth "
+            lines.append(f"{name:28s} {a.img_size}px patch {a.patch_size:2d}, width {a.embed_dim:4d} x depth "
                          f"{a.depth:2d}, {a.num_heads:2d} heads, epsilon {a.epsilon:g}; {norm}; "
-                         f"PaddleClas {family.module}")
+                         f"PaddleClas {family.module}{family_words(a)}")
     return "\n".join(lines)
+
+
+def family_words(arch: ViTConfig) -> str:
+    """``"; layer scale, relative position bias, ..."``: the family options ``arch`` switches on."""
+    words = [word for on, word in ((arch.layer_scale is not None, "layer scale"),
+                                   (arch.rel_pos_bias, "relative position bias"),
+                                   (not arch.abs_pos_embed, "no absolute position embedding"),
+                                   (arch.pre_norm, "ln_pre"), (arch.act != "gelu", arch.act),
+                                   (arch.pool != "token", f"{arch.pool} pooling"), (arch.fc_norm, "fc_norm"),
+                                   (arch.output_dim > 0, f"proj to {arch.output_dim}")) if on]
+    return "; " + ", ".join(words) if words else ""

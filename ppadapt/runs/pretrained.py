@@ -66,6 +66,7 @@ TIMEOUT_S = 30.0  # per connection attempt and per read; one attempt only
 POS_EMBED = "pos_embed"
 PATCH_KERNEL = "patch_embed.proj.weight"
 PATCH_BIAS = "patch_embed.proj.bias"
+FC_NORM = "fc_norm"  # model.fc_norm: a LayerNorm PaddleClas's checkpoints have only in their head
 UNUSED_KEYS = ("proj",)  # PaddleClas's foundation ViTs: the CLIP-style image projection, unused by a classifier
 
 
@@ -289,8 +290,9 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     """A checkpoint filter: ``state`` with its position embedding and patch kernel
     resampled to ``model``'s patch grid and patch size where they differ, and PaddleClas's
     foundation-ViT differences bridged: a missing patch-embedding bias becomes zeros (its
-    constructor has none; a zero bias is the same function) and ``proj``, an image
-    projection no classifier uses, is dropped.
+    constructor has none; a zero bias is the same function), ``proj``, an image
+    projection no classifier uses, is dropped unless the model has one (``model.output_dim``),
+    and a missing ``fc_norm`` starts as the identity.
 
     Only these tensors are touched, and the resampled ones only when their width (and
     channels) match the model's; any other difference is left for
@@ -307,6 +309,10 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     if PATCH_BIAS in own and PATCH_BIAS not in out and PATCH_KERNEL in out:
         out[PATCH_BIAS] = np.zeros_like(_numpy(own[PATCH_BIAS]))
         notes.append(f"{PATCH_BIAS} is not in the checkpoint (PaddleClas's foundation ViTs have none): set to zero")
+    if FC_NORM + ".weight" in own and FC_NORM + ".weight" not in out:  # PaddleClas keeps it in its Head
+        out[FC_NORM + ".weight"] = np.ones_like(_numpy(own[FC_NORM + ".weight"]))
+        out[FC_NORM + ".bias"] = np.zeros_like(_numpy(own[FC_NORM + ".bias"]))
+        notes.append(f"{FC_NORM} is not in the checkpoint: starts as the identity LayerNorm (scale 1, shift 0)")
     if PATCH_KERNEL in out and PATCH_KERNEL in own:
         have, want = list(out[PATCH_KERNEL].shape), list(own[PATCH_KERNEL].shape)
         if have != want and have[:2] == want[:2] and len(have) == 4 and have[2] == have[3] and want[2] == want[3]:
@@ -324,6 +330,38 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     return out, notes
 
 
+# The tensors that tell PaddleClas's foundation ViT families apart: (marker, what it means).
+_FAMILY_MARKERS = {
+    "BEiTv2": ((".gamma_1", "layer scale gamma_1"), (".relative_position_bias_table", "relative position bias")),
+    "CLIP": (("ln_pre.weight", "ln_pre"),),
+}
+
+
+def vit_family(keys) -> tuple[str, str]:
+    """``(family, evidence)`` of a ViT state dict's ``keys``: ``BEiTv2`` (layer scale or relative
+    position bias), ``CLIP`` (``ln_pre``) or ``plain ViT``, and the tensors that say so."""
+    keys = list(keys)
+    for family, markers in _FAMILY_MARKERS.items():
+        found = [words for marker, words in markers if any(k == marker or k.endswith(marker) for k in keys)]
+        if found:
+            return family, ", ".join(found)
+    evidence = "pos_embed, no layer scale, relative position bias or ln_pre" if POS_EMBED in keys else \
+        "no layer scale, relative position bias or ln_pre"
+    return "plain ViT", evidence
+
+
+def check_family(state: Mapping, model) -> None:
+    """One :class:`CheckpointError` line when a ViT checkpoint is of another family than ``model``
+    (a CLIP state dict given to a BEiTv2 backbone, ...), before the key-by-key listing would."""
+    if not any(k.startswith("blocks.") for k in state):
+        return  # not a ViT's state dict: load_weights says what does not fit
+    have, why = vit_family(state)
+    want, how = vit_family(model.state_dict())
+    if have != want:
+        raise CheckpointError(f"the checkpoint is a {have} ({why}) but the model is a {want} ({how}); "
+                              f"pass the --backbone the checkpoint was made for, or a {want} checkpoint")
+
+
 def load_pretrained(model: paddle.nn.Layer, path: str | Path,
                     log: Callable[[str], None] | None = None) -> list[str]:
     """Load a backbone checkpoint for transfer: the head is always new, and the tensors of
@@ -331,7 +369,9 @@ def load_pretrained(model: paddle.nn.Layer, path: str | Path,
     PaddleClas ViT has none) and stay at their init; anything else must match, after the
     position embedding and patch kernel are resampled to the model's patch grid and patch
     size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
-    state, notes = adapt_state_dict(load_state_dict(str(path)), model)
+    state = load_state_dict(str(path))
+    check_family(state, model)
+    state, notes = adapt_state_dict(state, model)
     for note in notes:
         (log or print)(note)
     added = added_parameter_names(model)
