@@ -9,7 +9,7 @@ import difflib
 
 from ..errors import ConfigError
 from ..models.paddleclas_archs import paddleclas_vit_config
-from ..models.vit import HEAD_INITS, HEADS
+from ..models.vit import ACTS, HEAD_INITS, HEADS, POOLS, check_family
 from ..models.fast_layers import LAYER_CHOICES
 from .schema import (AMP_DTYPES, AMP_LEVELS, AUGMENTATIONS, DEVICES, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS,
                      RESOLUTIONS, SAVE_FORMATS, SCHEDULES, STAGES, Config, ModelSection, StageConfig)
@@ -165,13 +165,18 @@ def check_optimization(name: str, st: StageConfig) -> None:
 
 
 def check_head_and_backbone(m: ModelSection) -> None:
-    """``model.head`` / ``model.head_init`` are known kinds, ``model.backbone`` a known name."""
-    for key, choices in (("head", HEADS), ("head_init", HEAD_INITS)):
+    """``model.head`` / ``model.head_init`` / ``model.act`` / ``model.pool`` are known kinds, the family
+    options in range, ``model.backbone`` a known name."""
+    for key, choices in (("head", HEADS), ("head_init", HEAD_INITS), ("act", ACTS), ("pool", POOLS)):
         value = getattr(m, key)
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(choices)}"
             raise ConfigError(f"model.{key}: unknown {key} {value!r}; {hint}")
+    try:
+        check_family(m)  # output_dim, layer_scale
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
     if m.backbone is not None:
         try:
             paddleclas_vit_config(m.backbone)

@@ -1,0 +1,316 @@
+"""PaddleClas's BEiTv2 and CLIP ViTs (issue 15): one ViT class with the family options on.
+
+Each loads a state dict of PaddleClas's own model (the ``paddleclas`` package, random init,
+small sizes) through ppadapt's loading code with nothing missing or left over but the head
+and gives PaddleClas's logits (or, for CLIP, its image embedding); every method trains on
+them; export runs; a checkpoint of another family is one error line."""
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from paddleclas.ppcls.arch.backbone.model_zoo import foundation_vit as clas_fvit
+
+from ppadapt.apps.cli import _use_backbone, transfer_main
+from ppadapt.config import CONFIG_DIR, load_config
+from ppadapt.errors import CheckpointError
+from ppadapt.methods import METHODS
+from ppadapt.methods.build import apply_transfer_method, build_model
+from ppadapt.methods.trainable import count_parameters, trainable_parameters
+from ppadapt.models import VisionTransformer, ViTConfig
+from ppadapt.models.paddleclas_archs import (BEIT_URLS, BEIT_VITS, CLIP, CLIP_URLS, CLIP_VITS, IMAGENET,
+                                             backbone_names, paddleclas_vit_config)
+from ppadapt.runs.pretrained import load_pretrained, pretrained_normalization
+
+REPO = Path(__file__).resolve().parent.parent
+BEIT = list(BEIT_VITS)
+CLIPS = list(CLIP_VITS)
+FAMILY = BEIT + CLIPS
+SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+FAMILY_KEYS = ("gamma_1", "gamma_2", "relative_position", "ln_pre", "fc_norm", "proj")
+
+
+# --- names, URLs, normalisation -------------------------------------------------------------------
+
+def test_listed_with_paddleclas_urls_and_normalisation(tmp_path, capsys):
+    assert set(FAMILY) <= set(backbone_names())
+    assert {**BEIT_URLS, **CLIP_URLS} == {name: clas_fvit.MODEL_URLS[name] for name in FAMILY}
+    external = tmp_path / "x.pdparams"
+    for name in FAMILY:
+        want = IMAGENET if name in BEIT else CLIP
+        assert pretrained_normalization(f"paddleclas:{name}", external)[:2] == want
+        assert pretrained_normalization(str(external), external, name)[:2] == want
+    assert transfer_main(["--list-backbones"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "layer scale, relative position bias" in lines["BEiTv2_vit_large_patch16_224"]
+    assert "336px patch 14, width 1024 x depth 24" in lines["CLIP_vit_large_patch14_336"]
+    assert "CLIP mean/std" in lines["CLIP_vit_base_patch32_224"] and "ln_pre" in lines["CLIP_vit_base_patch32_224"]
+
+
+def test_default_vit_has_no_family_tensors():
+    config = ViTConfig()
+    assert (config.abs_pos_embed, config.rel_pos_bias, config.layer_scale, config.pre_norm, config.act,
+            config.pool, config.fc_norm, config.output_dim) == (True, False, None, False, "gelu", "token", False, 0)
+    keys = VisionTransformer(ViTConfig(**SMALL), 10).state_dict()
+    assert not [k for k in keys if any(word in k for word in FAMILY_KEYS) and not k.startswith(("blocks.0.attn.proj",
+                                                                                                  "blocks.1.attn.proj",
+                                                                                                  "patch_embed.proj"))]
+
+
+# --- PaddleClas's models: keys, logits, embeddings ----------------------------------------------------
+
+def clas_model(name, **extra):
+    """PaddleClas's ``foundation_vit`` model of ``name`` at small sizes (the name picks the family's
+    differences), random init with its zero-initialised tensors (layer scale, position bias,
+    ln_pre) made random so that they matter, and its head at full scale."""
+    arch = paddleclas_vit_config(name)
+    model = clas_fvit.VisionTransformer(model_name=name, class_num=10, qkv_bias=True, epsilon=arch.epsilon,
+                                        head_init_scale=1, **SMALL, **extra)
+    for key, p in model.named_parameters():
+        if re.search(r"gamma_|relative_position_bias_table|ln_pre", key):
+            p.set_value(paddle.randn(p.shape) * 0.5 + (1.0 if key.endswith(("weight", "gamma_1", "gamma_2")) else 0.0))
+    return model
+
+
+def ppadapt_model(name, path, class_num=10, **changes):
+    arch = dataclasses.replace(paddleclas_vit_config(name), **SMALL, **changes)
+    model = VisionTransformer(arch, class_num=class_num)
+    notes = []
+    kept = load_pretrained(model, path, notes.append)
+    return model, kept, notes
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_keys_and_shapes_match_the_paddleclas_model(name):
+    theirs = {k: list(v.shape) for k, v in clas_fvit.VisionTransformer(
+        model_name=name, class_num=10, qkv_bias=True, **SMALL).state_dict().items()}
+    mine = {k: list(v.shape) for k, v in VisionTransformer(
+        dataclasses.replace(paddleclas_vit_config(name), **SMALL), 10).state_dict().items()}
+    assert theirs.pop("proj") == [32, 512]  # the image projection: ppadapt's only with model.output_dim
+    assert theirs.pop("head.fc_head.weight") == mine.pop("head.weight")
+    assert theirs.pop("head.fc_head.bias") == mine.pop("head.bias")
+    assert mine.pop("patch_embed.proj.bias") == [32]  # PaddleClas's foundation ViTs have none: loaded as zero
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("name", ["BEiTv2_vit_base_patch16_224", "BEiTv2_vit_large_patch16_224",
+                                  "CLIP_vit_base_patch32_224", "CLIP_vit_large_patch14_224",
+                                  "CLIP_vit_large_patch14_336"])
+def test_paddleclas_state_dict_loads_with_identical_logits(tmp_path, name):
+    paddle.seed(0)
+    clas = clas_model(name)
+    path = tmp_path / "clas.pdparams"
+    paddle.save(clas.state_dict(), str(path))
+    model, kept, notes = ppadapt_model(name, path)
+    assert sorted(kept) == ["head.bias", "head.weight"]  # nothing missing or unexpected but the new head
+    assert len(notes) == 2 and notes[0].startswith("ignored proj [32, 512]")
+    assert "patch_embed.proj.bias is not in the checkpoint" in notes[1]
+    model.head.weight.set_value(clas.head.fc_head.weight)
+    model.head.bias.set_value(clas.head.fc_head.bias)
+    clas.eval(), model.eval()
+    x = paddle.randn([3, 3, 32, 32])
+    expected = clas(x)
+    assert expected.abs().max().item() > 0.1
+    assert (expected - model(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_clip_image_embedding_with_its_projection(tmp_path, name):
+    """``-o model.output_dim=512``: the features are CLIP's image embedding, ``proj`` loaded;
+    PaddleClas's own embedding path (``return_embed``) gives the same: the class token's, or
+    for ``CLIP_vit_base_patch16_224`` the mean of the patch tokens' (``pool: mean``)."""
+    paddle.seed(1)
+    mean = paddleclas_vit_config(name).pool == "mean"
+    clas = clas_model(name, return_embed=True, return_mean_embed=mean)
+    path = tmp_path / "clas.pdparams"
+    paddle.save(clas.state_dict(), str(path))
+    model, kept, notes = ppadapt_model(name, path, class_num=0, output_dim=512)
+    assert kept == [] and len(notes) == 1 and "patch_embed.proj.bias" in notes[0]
+    clas.eval(), model.eval()
+    x = paddle.randn([2, 3, 32, 32])
+    expected = clas(x) if mean else clas(x)[:, 0]
+    assert list(model(x).shape) == [2, 512]
+    assert (expected - model(x)).abs().max().item() < 1e-5
+
+
+def test_a_checkpoint_of_another_family_is_one_line(tmp_path):
+    paddle.seed(2)
+    for source, target in (("CLIP_vit_base_patch32_224", "BEiTv2_vit_base_patch16_224"),
+                           ("BEiTv2_vit_base_patch16_224", "CLIP_vit_base_patch16_224")):
+        path = tmp_path / f"{source}.pdparams"
+        paddle.save(clas_model(source).state_dict(), str(path))
+        with pytest.raises(CheckpointError) as err:
+            ppadapt_model(target, path)
+        message = str(err.value)
+        assert "\n" not in message
+        family = {"CLIP": "CLIP (ln_pre)", "BEiTv2": "BEiTv2 (layer scale gamma_1, relative position bias)"}
+        assert f"the checkpoint is a {family[source[:4] if source[0] == 'C' else 'BEiTv2']}" in message
+        assert f"but the model is a {family[target[:4] if target[0] == 'C' else 'BEiTv2']}" in message
+    plain = tmp_path / "plain.pdparams"
+    paddle.save(VisionTransformer(ViTConfig(**SMALL, qkv_bias=True), 10).state_dict(), str(plain))
+    with pytest.raises(CheckpointError, match=r"checkpoint is a plain ViT \(pos_embed, .*model is a BEiTv2"):
+        ppadapt_model("BEiTv2_vit_base_patch16_224", plain)
+
+
+# --- every method on every family: one training step, frozen tensors untouched ----------------------
+
+def family_config(name, method, small=True):
+    overrides = [f"method.name={method}", "transfer.pretrained=none"]
+    overrides += ["method.bottleneck=64"] if method == "adaptformer" else []
+    if small:
+        overrides += [f"model.{k}={v}" for k, v in SMALL.items()]
+    cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides, stage="transfer")
+    _use_backbone(cfg, name, overrides)
+    return cfg
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", FAMILY)
+def test_one_training_step_moves_only_the_methods_tensors(name, method):
+    paddle.seed(3)
+    cfg = family_config(name, method)
+    model = build_model(cfg, 10)
+    apply_transfer_method(model, cfg)
+    model.train()
+    trainable = {id(p) for p in trainable_parameters(model)}
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    frozen = [k for k, p in model.named_parameters() if id(p) not in trainable]
+    opt = paddle.optimizer.Momentum(learning_rate=0.5, momentum=0.9, parameters=trainable_parameters(model))
+    x, y = paddle.randn([4, 3, 32, 32]), paddle.to_tensor([[0], [1], [2], [3]], dtype="int64")
+    loss = paddle.nn.functional.cross_entropy(model(x), y)
+    assert np.isfinite(loss.item())
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    for key in frozen + [k for k in before if "relative_position_index" in k]:
+        assert np.array_equal(before[key], after[key].numpy()), (name, method, key)
+    moved = [k for k, p in model.named_parameters() if id(p) in trainable and not k.startswith("head.")
+             and not np.array_equal(before[k], after[k].numpy())]
+    assert bool(moved) == (method != "linear"), (name, method)
+
+
+# --- trainable parameters at the real sizes (the README's table) ------------------------------------
+
+COUNTS = {  # without the head: full, linear, adaptformer (bottleneck 64), lora (rank 8, q and v), bitfit
+    "BEiTv2_vit_base_patch16_224": (85_771_200, 0, 1_189_632, 294_912, 102_912),
+    "BEiTv2_vit_large_patch16_224": (303_430_144, 0, 3_171_840, 786_432, 272_384),
+    "CLIP_vit_base_patch16_224": (85_800_192, 0, 1_189_632, 294_912, 103_680),
+    "CLIP_vit_base_patch32_224": (87_456_768, 0, 1_189_632, 294_912, 103_680),
+    "CLIP_vit_large_patch14_224": (303_180_800, 0, 3_171_840, 786_432, 273_408),
+    "CLIP_vit_large_patch14_336": (303_508_480, 0, 3_171_840, 786_432, 273_408),
+}
+COUNTED = ("full", "linear", "adaptformer", "lora", "bitfit")
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_trainable_parameter_counts_at_full_size(name):
+    """What ``transfer.py --backbone NAME --method M --dry-run`` counts (built lazily: no weights)."""
+    for method, expected in zip(COUNTED, COUNTS[name]):
+        cfg = family_config(name, method, small=False)
+        with paddle.LazyGuard():
+            model = build_model(cfg, 10)
+            apply_transfer_method(model, cfg)
+        assert count_parameters(model).without_head == expected, (name, method)
+
+
+def test_readme_table_has_the_computed_counts():
+    text = (REPO / "README.md").read_text()
+    for name, counts in COUNTS.items():
+        row = re.search(rf"^\| `{name}` \|(.*)\|\s*$", text, re.M)
+        assert row, f"README has no row for {name}"
+        cells = [c.strip() for c in row.group(1).split("|")]
+        assert [int(c.replace(",", "")) for c in cells[-5:]] == list(counts), name
+
+
+# --- export + paddle.inference -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,method", [("BEiTv2_vit_base_patch16_224", "lora"),
+                                         ("CLIP_vit_base_patch16_224", "adaptformer")])
+def test_export_and_paddle_inference_agree(tmp_path, name, method):
+    """A real run from a PaddleClas checkpoint (shrunk by -o), exported (LoRA merged) and run by
+    paddle.inference with the dygraph model's outputs."""
+    from cifar_archive import write_cifar_archive
+    from ppadapt.apps.export import export_model
+    from ppadapt.runs.loading import load_run
+
+    paddle.seed(4)
+    ckpt = tmp_path / "clas.pdparams"
+    paddle.save(clas_model(name).state_dict(), str(ckpt))
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", train_per_class=4, test_per_class=1)
+    argv = ["--backbone", name, "--pretrained", str(ckpt), "--method", method, "--epochs", "1", "--quiet",
+            "--data-file", str(archive), "--output", str(tmp_path / "out")]
+    for item in [f"model.{k}={v}" for k, v in SMALL.items()] + ["transfer.classes=[0, 1]", "transfer.batch_size=8",
+                                                               "transfer.warmup_steps=1"]:
+        argv += ["-o", item]
+    assert transfer_main(argv) == 0
+    run_dir = next(p.parent for p in (tmp_path / "out").rglob("run.json"))
+    result = export_model(run_dir, tmp_path / "export", log=lambda line: None)
+    assert result.max_abs_diff < 1e-5
+    config = paddle.inference.Config(str(result.model_file), str(result.params_file))
+    config.disable_glog_info()
+    predictor = paddle.inference.create_predictor(config)
+    batch = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype("float32")
+    predictor.get_input_handle(predictor.get_input_names()[0]).copy_from_cpu(batch)
+    predictor.run()
+    got = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    reference = load_run(run_dir).model
+    with paddle.no_grad():
+        expected = reference(paddle.to_tensor(batch)).numpy()
+    assert np.abs(got - expected).max() < 1e-5
+
+
+# --- the relative position bias: its layout, VPT's prompts, the fused layer path ------------------
+
+def test_relative_position_index_is_paddleclas_buffer():
+    clas = clas_fvit.VisionTransformer(model_name=BEIT[0], class_num=0, **SMALL)
+    mine = VisionTransformer(dataclasses.replace(paddleclas_vit_config(BEIT[0]), **SMALL), 0)
+    for block in (0, 1):
+        key = f"blocks.{block}.attn.relative_position_index"
+        theirs, ours = clas.state_dict()[key], mine.state_dict()[key]
+        assert ours.dtype == theirs.dtype and np.array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_prompt_tokens_get_no_position_bias():
+    paddle.seed(5)
+    attn = VisionTransformer(dataclasses.replace(paddleclas_vit_config(BEIT[0]), **SMALL), 0).blocks[0].attn
+    attn.relative_position_bias_table.set_value(paddle.randn(attn.relative_position_bias_table.shape))
+    tokens = attn.relative_position_index.shape[0]
+    plain, padded = attn.position_bias(tokens).numpy(), attn.position_bias(tokens + 3).numpy()
+    assert padded.shape == (2, tokens + 3, tokens + 3)
+    assert not padded[:, 1:4].any() and not padded[:, :, 1:4].any()  # the prompts' rows and columns
+    keep = [0] + list(range(4, tokens + 3))
+    assert np.array_equal(padded[:, keep][:, :, keep], plain)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="no C++ compiler: the fused kernels cannot be built here")
+@pytest.mark.parametrize("method", ["full", "vpt-deep"])
+def test_fused_layer_path_gives_the_fast_paths_outputs_and_gradients(method):
+    """``model.layers: fused`` on BEiTv2 (its scores take the bias before the softmax) and CLIP."""
+    from ppadapt.models.fast_layers import use_layers
+
+    x, y = paddle.randn([3, 3, 32, 32]), paddle.to_tensor([[0], [1], [2]], dtype="int64")
+    for name in (BEIT[0], CLIPS[0]):
+        results = {}
+        for layers in ("fast", "fused"):
+            paddle.seed(6)
+            cfg = family_config(name, method)
+            model = build_model(cfg, 10)
+            for key, p in model.named_parameters():
+                if "relative_position_bias_table" in key:
+                    p.set_value(paddle.randn(p.shape))
+            apply_transfer_method(model, cfg)
+            use_layers(model, layers)
+            model.train()
+            logits = model(x)
+            paddle.nn.functional.cross_entropy(logits, y).backward()
+            results[layers] = logits.numpy(), {k: p.grad.numpy() for k, p in model.named_parameters()
+                                                if p.grad is not None}
+        (out_a, grads_a), (out_b, grads_b) = results["fast"], results["fused"]
+        np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-5)
+        assert grads_a.keys() == grads_b.keys() and grads_a
+        for key in grads_a:
+            np.testing.assert_allclose(grads_b[key], grads_a[key], rtol=1e-3, atol=1e-6, err_msg=f"{name} {key}")
