@@ -76,7 +76,7 @@ def clas_model(name, **extra):
 
 
 def ppadapt_model(name, path, class_num=10, **changes):
-    arch = dataclasses.replace(paddleclas_vit_config(name), **SMALL, **changes)
+    arch = dataclasses.replace(paddleclas_vit_config(name), **{**SMALL, **changes})
     model = VisionTransformer(arch, class_num=class_num)
     notes = []
     kept = load_pretrained(model, path, notes.append)
@@ -314,3 +314,39 @@ def test_fused_layer_path_gives_the_fast_paths_outputs_and_gradients(method):
         assert grads_a.keys() == grads_b.keys() and grads_a
         for key in grads_a:
             np.testing.assert_allclose(grads_b[key], grads_a[key], rtol=1e-3, atol=1e-6, err_msg=f"{name} {key}")
+
+
+def test_beit_weights_load_at_another_image_size(tmp_path):
+    """``-o model.img_size=48``: each block's bias table is resized over its offset grid (7x7 ->
+    11x11, as ``interpolate`` would, class-token entries kept), with the model's index buffer."""
+    paddle.seed(7)
+    clas = clas_model(BEIT[0])
+    path = tmp_path / "clas.pdparams"
+    paddle.save(clas.state_dict(), str(path))
+    model, kept, notes = ppadapt_model(BEIT[0], path, img_size=48)
+    assert sorted(kept) == ["head.bias", "head.weight"]
+    assert notes[-1].startswith("resampled 2 relative_position_bias_table from 7x7 to 11x11 offsets")
+    table = clas.state_dict()["blocks.1.attn.relative_position_bias_table"]
+    grid = table[:-3].reshape([1, 7, 7, 2]).transpose([0, 3, 1, 2])
+    expected = paddle.nn.functional.interpolate(grid, size=[11, 11], mode="bicubic", align_corners=False)
+    got = model.blocks[1].attn.relative_position_bias_table
+    np.testing.assert_allclose(got[:-3].numpy(), expected.transpose([0, 2, 3, 1]).reshape([121, 2]).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert np.array_equal(got[-3:].numpy(), table[-3:].numpy())
+    model.eval()
+    assert list(model(paddle.randn([1, 3, 48, 48])).shape) == [1, 10]
+
+
+def test_an_adapter_records_its_family_and_fits_only_it():
+    from ppadapt.runs.adapter_file import backbone_geometry, check_adapter_fits
+
+    plain = backbone_geometry(paddleclas_vit_config("MAE_vit_base_patch16"))
+    assert not set(plain) & {"abs_pos_embed", "rel_pos_bias", "layer_scale", "pre_norm", "pool"}  # as before
+    beit = backbone_geometry(paddleclas_vit_config(BEIT[0]))
+    assert (beit["abs_pos_embed"], beit["rel_pos_bias"], beit["layer_scale"]) == (False, True, 0.1)
+    check_adapter_fits({"backbone": beit}, paddleclas_vit_config(BEIT[0]))
+    check_adapter_fits({"backbone": beit}, dataclasses.replace(paddleclas_vit_config(BEIT[0]), layer_scale=1.0))
+    for other in (plain, backbone_geometry(paddleclas_vit_config(CLIPS[0]))):
+        with pytest.raises(CheckpointError, match="relative_position|rel_pos_bias") as err:
+            check_adapter_fits({"backbone": other}, paddleclas_vit_config(BEIT[0]))
+        assert "\n" not in str(err.value)

@@ -35,6 +35,8 @@ HEADS = ("linear", "bn_linear")
 # AdaptFormer's / MAE's linear probe); zero: weight and bias zero (BiT's).
 HEAD_INITS = ("default", "zero", "trunc_normal_0.01", "trunc_normal_0.02")
 HEAD_BN_EPSILON = 1e-6  # MAE's linear-probe BatchNorm1d(affine=False, eps=1e-6)
+# ViTConfig's family options (BEiTv2, CLIP); a plain ViT has each at its default.
+FAMILY_OPTIONS = ("abs_pos_embed", "rel_pos_bias", "layer_scale", "pre_norm", "act", "pool", "fc_norm", "output_dim")
 ACTS = ("gelu", "quick_gelu")
 POOLS = ("token", "mean")
 # PaddleClas's foundation_vit builds ln_pre and the Head's fc_norm as nn.LayerNorm(dim): epsilon 1e-5 whatever the model's

@@ -44,6 +44,7 @@ import paddle
 import paddle.nn as nn
 
 from ..errors import CheckpointError
+from ..models.vit import FAMILY_OPTIONS, ViTConfig
 from ..version import __version__
 from .checkpoint import (atomic_write_dir, file_sha256, is_safetensors, json_default, load_state_dict,
                          read_safetensors_hashed, write_safetensors)
@@ -61,11 +62,17 @@ META_KEY = "__ppadapt_adapter__"  # the config's entry in a LEGACY_FILE
 # (img_size may differ: the position embedding is the backbone's and is resampled).
 GEOMETRY = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
             "epsilon")
-FIT = ("embed_dim", "depth", "patch_size", "num_heads", "mlp_ratio", "qkv_bias", "in_chans")
+# The ViT-family options are recorded only where they are not a plain ViT's (a plain backbone's
+# adapter_config.json is as it always was), and a geometry that does not record one has the plain value.
+FAMILY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in FAMILY_OPTIONS}
+FIT = ("embed_dim", "depth", "patch_size", "num_heads", "mlp_ratio", "qkv_bias", "in_chans", *FAMILY_OPTIONS)
 # The words an error uses for each GEOMETRY key.
 GEOMETRY_WORDS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch", "img_size": "image size",
                   "num_heads": "heads", "mlp_ratio": "MLP ratio", "qkv_bias": "qkv bias",
-                  "in_chans": "input channels", "epsilon": "LayerNorm epsilon"}
+                  "in_chans": "input channels", "epsilon": "LayerNorm epsilon",
+                  "abs_pos_embed": "absolute position embedding", "rel_pos_bias": "relative position bias",
+                  "layer_scale": "layer scale", "pre_norm": "ln_pre", "act": "activation", "pool": "pooling",
+                  "fc_norm": "fc_norm", "output_dim": "output projection"}
 _WORDS = {k: GEOMETRY_WORDS[k] for k in ("embed_dim", "depth", "patch_size")}
 _REQUIRED = {"method": str, "options": dict, "methods": dict, "backbone": dict}
 _AGAIN = "copy the whole adapter folder again from where it was made"
@@ -91,7 +98,8 @@ def _architecture(model_or_arch: Any) -> dict:
 def backbone_geometry(model_or_arch: Any) -> dict:
     """The :data:`GEOMETRY` of a model, ViTConfig or model-section dict (keys it lacks are left out)."""
     arch = _architecture(model_or_arch)
-    return {k: arch[k] for k in GEOMETRY if k in arch}
+    family = {k: arch[k] for k in FAMILY_OPTIONS if k in arch and arch[k] != FAMILY_DEFAULTS[k]}
+    return {**{k: arch[k] for k in GEOMETRY if k in arch}, **family}
 
 
 def adapter_config(model: nn.Layer, meta: Mapping[str, Any]) -> dict:
@@ -278,15 +286,23 @@ def _fill_from_record(meta: dict, run_dir: Path) -> None:
 
 def _describe(geometry: Mapping[str, Any], extra: list[str]) -> str:
     words = [f"{_WORDS[k]} {geometry.get(k, '?')}" for k in ("embed_dim", "depth", "patch_size")]
-    return ", ".join(words + [f"{k} {geometry.get(k, '?')}" for k in extra])
+    return ", ".join(words + [f"{k} {geometry.get(k, FAMILY_DEFAULTS.get(k, '?'))}" for k in extra])
 
 
 def geometry_differences(have: Mapping[str, Any], want: Mapping[str, Any],
                          keys: tuple[str, ...] = FIT) -> list[str]:
     """The ``keys`` on which two geometries (:func:`backbone_geometry`) disagree; a key one of
-    them does not record is not compared. The one test of "same backbone" for every caller."""
+    them does not record is not compared, except a family option (BEiTv2's, CLIP's), which two
+    recorded geometries leave out only at its plain-ViT value. ``layer_scale`` compares only
+    whether there is one (its value is an init). The one test of "same backbone" for every caller."""
+    recorded = "embed_dim" in have and "embed_dim" in want
+    have = {**FAMILY_DEFAULTS, **have} if recorded else have
+    want = {**FAMILY_DEFAULTS, **want} if recorded else want
+
     def same(key: str) -> bool:
         a, b = have[key], want[key]
+        if key == "layer_scale":
+            return (a is None) == (b is None)
         return float(a) == float(b) if key in ("mlp_ratio", "epsilon") else a == b
     return [k for k in keys if k in have and k in want and not same(k)]
 

@@ -15,7 +15,8 @@
   grid (other image size, or other patch size) is resampled bicubically over the
   grid with the class token kept, as timm's ``resample_abs_pos_embed``; a patch
   embedding kernel of another patch size is resampled by FlexiViT's pseudo-inverse
-  resize, as timm's ``resample_patch_embed``. Everything else must match exactly
+  resize, as timm's ``resample_patch_embed``; BEiTv2's relative position bias tables are
+  resampled over their offset grid the same way. Everything else must match exactly
   (:func:`ppadapt.runs.checkpoint.load_weights` lists what does not), except two
   differences of PaddleClas's foundation ViTs (``MAE_vit_base_patch16``), whose
   constructor has no patch-embedding bias (loaded as a zero bias: the same function)
@@ -66,6 +67,8 @@ TIMEOUT_S = 30.0  # per connection attempt and per read; one attempt only
 POS_EMBED = "pos_embed"
 PATCH_KERNEL = "patch_embed.proj.weight"
 PATCH_BIAS = "patch_embed.proj.bias"
+REL_POS_TABLE = "relative_position_bias_table"  # BEiTv2's, per block
+REL_POS_INDEX = "relative_position_index"
 FC_NORM = "fc_norm"  # model.fc_norm: a LayerNorm PaddleClas's checkpoints have only in their head
 UNUSED_KEYS = ("proj",)  # PaddleClas's foundation ViTs: the CLIP-style image projection, unused by a classifier
 
@@ -286,6 +289,41 @@ def _numpy(value) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
+def resample_rel_pos_table(table: np.ndarray, new_span: int, mode: str = "bicubic") -> np.ndarray:
+    """Resample BEiT's ``[span**2 + 3, heads]`` relative position bias table to ``new_span``
+    (``2 grid - 1``) offsets a side: the offset grid is resized as the position embedding's
+    patch grid is, the three class-token entries at the end are kept. Same span: unchanged."""
+    t = np.asarray(table)
+    span = math.isqrt(t.shape[0] - 3)
+    if t.ndim != 2 or span * span + 3 != t.shape[0]:
+        raise ValueError(f"relative position bias table must be [span**2 + 3, heads], got {list(t.shape)}")
+    if span == new_span:
+        return table
+    a = resize_matrix(span, new_span, mode)
+    grid = t[:-3].astype(np.float64).reshape(span, span, -1)
+    out = np.einsum("ij,jkh,lk->ilh", a, grid, a).reshape(new_span * new_span, -1)
+    return np.concatenate([out.astype(t.dtype), t[-3:]], axis=0)
+
+
+def _adapt_rel_pos(out: dict, own: Mapping, notes: list[str]) -> None:
+    """BEiTv2's per-block tables to the model's patch grid, with the model's index buffers."""
+    resampled = []
+    for key in [k for k in out if k.endswith(REL_POS_TABLE) and k in own]:
+        have, want = list(out[key].shape), list(own[key].shape)
+        old, new = math.isqrt(have[0] - 3), math.isqrt(want[0] - 3)
+        if (have != want and len(have) == 2 and have[1] == want[1] and old ** 2 + 3 == have[0]
+                and new ** 2 + 3 == want[0]):
+            out[key] = resample_rel_pos_table(_numpy(out[key]), new)
+            index = key[:-len(REL_POS_TABLE)] + REL_POS_INDEX
+            if index in out and index in own:  # a function of the grid alone: the model's
+                out[index] = _numpy(own[index])
+            resampled.append((old, new))
+    if resampled:
+        old, new = resampled[0]
+        notes.append(f"resampled {len(resampled)} relative_position_bias_table from {old}x{old} to {new}x{new} "
+                     "offsets (bicubic, the class-token entries kept), with the model's relative_position_index")
+
+
 def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     """A checkpoint filter: ``state`` with its position embedding and patch kernel
     resampled to ``model``'s patch grid and patch size where they differ, and PaddleClas's
@@ -294,8 +332,9 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
     projection no classifier uses, is dropped unless the model has one (``model.output_dim``),
     and a missing ``fc_norm`` starts as the identity.
 
+    BEiTv2's relative position bias tables are resampled to the model's patch grid too.
     Only these tensors are touched, and the resampled ones only when their width (and
-    channels) match the model's; any other difference is left for
+    channels, heads) match the model's; any other difference is left for
     :func:`ppadapt.runs.checkpoint.load_weights` to report. Returns the new dict (the
     input is not modified) and one note per change, for the log.
     """
@@ -327,6 +366,7 @@ def adapt_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
             out[POS_EMBED] = resample_pos_embed(_numpy(out[POS_EMBED]), new_grid)
             notes.append(f"resampled {POS_EMBED} from a {old_grid}x{old_grid} to a {new_grid}x{new_grid} "
                          "patch grid (bicubic, class token kept)")
+    _adapt_rel_pos(out, own, notes)
     return out, notes
 
 
