@@ -228,7 +228,9 @@ def test_readme_table_has_the_computed_counts():
 # --- export + paddle.inference -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,method", [("BEiTv2_vit_base_patch16_224", "lora"),
-                                         ("CLIP_vit_base_patch16_224", "adaptformer")])
+                                         ("BEiTv2_vit_base_patch16_224", "vpt-deep"),
+                                         ("CLIP_vit_base_patch16_224", "adaptformer"),
+                                         ("CLIP_vit_base_patch32_224", "ssf")])
 def test_export_and_paddle_inference_agree(tmp_path, name, method):
     """A real run from a PaddleClas checkpoint (shrunk by -o), exported (LoRA merged) and run by
     paddle.inference with the dygraph model's outputs."""
@@ -350,3 +352,23 @@ def test_an_adapter_records_its_family_and_fits_only_it():
         with pytest.raises(CheckpointError, match="relative_position|rel_pos_bias") as err:
             check_adapter_fits({"backbone": other}, paddleclas_vit_config(BEIT[0]))
         assert "\n" not in str(err.value)
+
+
+def test_every_family_option_at_once_trains_and_numbers_its_layers():
+    """QuickGELU, mean pooling, fc_norm and proj (no PaddleClas backbone uses them by default)
+    with BEiT's and CLIP's tensors: the forward, a backward, LR layers and weight decay."""
+    paddle.seed(8)
+    config = ViTConfig(**SMALL, qkv_bias=True, abs_pos_embed=False, rel_pos_bias=True, layer_scale=0.1,
+                       pre_norm=True, act="quick_gelu", pool="mean", fc_norm=True, output_dim=16)
+    model = VisionTransformer(config, class_num=10)
+    assert model.num_features == 16 and list(model.head.weight.shape) == [16, 10]
+    x = paddle.randn([2, 3, 32, 32])
+    assert abs(float(model.blocks[0].mlp.act(paddle.to_tensor([1.0]))) - 1.0 / (1.0 + np.exp(-1.702))) < 1e-6
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    ids = {name: model.layer_id(name) for name, _ in model.named_parameters()}
+    assert ids["ln_pre.weight"] == 0 and ids["blocks.1.gamma_2"] == 2 and ids["fc_norm.bias"] == ids["proj"] == 3
+    assert model.no_weight_decay() == {"cls_token", "blocks.0.attn.relative_position_bias_table",
+                                       "blocks.1.attn.relative_position_bias_table"}
+    model.reset_head(3)
+    assert list(model.head.weight.shape) == [16, 3]

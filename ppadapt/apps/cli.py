@@ -153,9 +153,10 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
                    help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384, "
-                        "DeiT_{tiny,small,base}_patch16_224, MAE_vit_base_patch16 (see --list-backbones); "
-                        "its architecture, its ImageNet weights (unless --pretrained) and its normalisation "
-                        "(ViT: mean = std = 0.5; DeiT, MAE: ImageNet's). -o model.img_size=N / "
+                        "DeiT_{tiny,small,base}_patch16_224, MAE_vit_base_patch16, BEiTv2_vit_{base,large}_patch16_224, "
+                        "CLIP_vit_base_patch{16,32}_224, CLIP_vit_large_patch14_{224,336} (see --list-backbones); "
+                        "its architecture, its weights (unless --pretrained) and its normalisation "
+                        "(ViT: mean = std = 0.5; DeiT, MAE, BEiTv2: ImageNet's; CLIP: CLIP's). -o model.img_size=N / "
                         "model.patch_size=P still apply: the position embedding and patch kernel are resampled")
     p.add_argument("--list-backbones", action="store_true", help="list the --backbone names and exit")
     p.add_argument("--dry-run", action="store_true",

@@ -7,6 +7,14 @@ Every sublayer and parameter is named as in PaddleClas's ``VisionTransformer``
 state dict loads with no renaming. The model knows nothing of any tuning method:
 those are applied on top of it (see :mod:`ppadapt.methods`).
 
+PaddleClas's foundation ViTs of other families are the same class with options of
+:class:`ViTConfig` on (each off by default, so a plain ViT builds the same parameters with
+the same random draws and runs the same ops): BEiTv2's layer scale (``blocks.N.gamma_1``,
+``gamma_2``), relative position bias (``blocks.N.attn.relative_position_bias_table`` and the
+buffer ``relative_position_index``) and no ``pos_embed``; CLIP's ``ln_pre`` and image
+projection ``proj``; QuickGELU, mean pooling and ``fc_norm``. One class rather than one per
+family, so every method finds the same sublayers on each.
+
 The classifier (``head``) is a plain ``Linear`` by default; ``head="bn_linear"`` puts a
 BatchNorm without scale and shift in front of it (AdaptFormer's head, from MAE's linear
 probe), whose running statistics are buffers of ``head.norm`` so the Linear keeps the
