@@ -181,7 +181,8 @@ class Attention(Switchable, nn.Layer):
         """``softmax(scores * scale [+ bias])``: the attention weights of ``q @ k^T``."""
         if not self.has_position_bias():
             return self.softmax(scores)
-        return self.biased_softmax(scores * self.scale + self.position_bias(scores.shape[-1]))
+        bias = self.position_bias(scores.shape[-1]).astype(scores.dtype)  # float16 scores under mixed precision
+        return self.biased_softmax(scores * self.scale + bias)
 
     def forward(self, x):
         if runs_fused(self, x):
