@@ -84,15 +84,16 @@ def ppadapt_model(name, path, class_num=10, **changes):
 
 
 @pytest.mark.parametrize("name", FAMILY)
-def test_keys_and_shapes_match_the_paddleclas_model(name):
-    theirs = {k: list(v.shape) for k, v in clas_fvit.VisionTransformer(
-        model_name=name, class_num=10, qkv_bias=True, **SMALL).state_dict().items()}
-    mine = {k: list(v.shape) for k, v in VisionTransformer(
-        dataclasses.replace(paddleclas_vit_config(name), **SMALL), 10).state_dict().items()}
-    assert theirs.pop("proj") == [32, 512]  # the image projection: ppadapt's only with model.output_dim
+def test_keys_and_shapes_match_the_paddleclas_constructor(name):
+    with paddle.LazyGuard():  # names and shapes at the real size: no memory for the weights
+        theirs = getattr(clas_fvit, name)(class_num=1000, head_init_scale=1).state_dict()
+        theirs = {k: list(v.shape) for k, v in theirs.items()}
+        mine = {k: list(v.shape) for k, v in VisionTransformer(paddleclas_vit_config(name), 1000).state_dict().items()}
+    width = paddleclas_vit_config(name).embed_dim
+    assert theirs.pop("proj")  # the image projection ([width, 512] once initialised): ppadapt's only with output_dim
     assert theirs.pop("head.fc_head.weight") == mine.pop("head.weight")
     assert theirs.pop("head.fc_head.bias") == mine.pop("head.bias")
-    assert mine.pop("patch_embed.proj.bias") == [32]  # PaddleClas's foundation ViTs have none: loaded as zero
+    assert mine.pop("patch_embed.proj.bias") == [width]  # PaddleClas's foundation ViTs have none: loaded as zero
     assert mine == theirs
 
 
