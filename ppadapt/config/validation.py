@@ -9,7 +9,7 @@ import difflib
 
 from ..errors import ConfigError
 from ..models.paddleclas_archs import paddleclas_vit_config
-from ..models.vit import ACTS, HEAD_INITS, HEADS, POOLS, check_family
+from ..models.vit import ACTS, HEAD_INITS, HEADS, POOLS, check_family_options
 from ..models.fast_layers import LAYER_CHOICES
 from .schema import (AMP_DTYPES, AMP_LEVELS, AUGMENTATIONS, DEVICES, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS,
                      RESOLUTIONS, SAVE_FORMATS, SCHEDULES, STAGES, Config, ModelSection, StageConfig)
@@ -174,7 +174,7 @@ def check_head_and_backbone(m: ModelSection) -> None:
             hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(choices)}"
             raise ConfigError(f"model.{key}: unknown {key} {value!r}; {hint}")
     try:
-        check_family(m)  # output_dim, layer_scale
+        check_family_options(m)  # output_dim, layer_scale
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
     if m.backbone is not None:

@@ -160,6 +160,7 @@ class Attention(Switchable, nn.Layer):
         self.proj_drop = Dropout(proj_drop)
 
     def has_position_bias(self) -> bool:
+        """Whether the scores take BEiT's relative position bias."""
         return getattr(self, "relative_position_bias_table", None) is not None
 
     def position_bias(self, n: int) -> paddle.Tensor:
@@ -289,7 +290,7 @@ def check_head(kind: str, init: str) -> None:
         raise ValueError(f"unknown head_init {init!r} (choose one of {', '.join(HEAD_INITS)})")
 
 
-def check_family(cfg: ViTConfig) -> None:
+def check_family_options(cfg: ViTConfig) -> None:
     """``ValueError`` for a family option (``act``, ``pool``, ``output_dim``, ``layer_scale``) out of range."""
     if cfg.act not in ACTS:
         raise ValueError(f"unknown act {cfg.act!r} (choose one of {', '.join(ACTS)})")
@@ -339,7 +340,7 @@ class VisionTransformer(nn.Layer):
         if cfg.img_size < cfg.patch_size:
             raise ValueError(f"img_size {cfg.img_size} is smaller than patch_size {cfg.patch_size}")
         check_head(cfg.head, cfg.head_init)
-        check_family(cfg)
+        check_family_options(cfg)
         self.config = cfg
         self.class_num = class_num
         self.embed_dim = cfg.embed_dim

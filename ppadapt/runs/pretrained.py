@@ -390,7 +390,7 @@ def vit_family(keys) -> tuple[str, str]:
     return "plain ViT", evidence
 
 
-def check_family(state: Mapping, model) -> None:
+def check_same_family(state: Mapping, model) -> None:
     """One :class:`CheckpointError` line when a ViT checkpoint is of another family than ``model``
     (a CLIP state dict given to a BEiTv2 backbone, ...), before the key-by-key listing would."""
     if not any(k.startswith("blocks.") for k in state):
@@ -410,7 +410,7 @@ def load_pretrained(model: paddle.nn.Layer, path: str | Path,
     position embedding and patch kernel are resampled to the model's patch grid and patch
     size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
     state = load_state_dict(str(path))
-    check_family(state, model)
+    check_same_family(state, model)
     state, notes = adapt_state_dict(state, model)
     for note in notes:
         (log or print)(note)
