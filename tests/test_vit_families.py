@@ -373,3 +373,11 @@ def test_every_family_option_at_once_trains_and_numbers_its_layers():
                                        "blocks.1.attn.relative_position_bias_table"}
     model.reset_head(3)
     assert list(model.head.weight.shape) == [16, 3]
+
+
+def test_ssf_scales_clips_ln_pre_too():
+    cfg = family_config(CLIPS[1], "ssf")
+    model = build_model(cfg, 10)
+    apply_transfer_method(model, cfg)
+    names = {k for k, p in model.named_parameters() if not p.stop_gradient}
+    assert {"patch_embed.proj_ssf.scale", "ln_pre_ssf.scale", "ln_pre_ssf.shift", "norm_ssf.shift"} <= names

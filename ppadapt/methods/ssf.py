@@ -4,7 +4,8 @@ A learnable per-channel scale ``gamma`` and shift ``beta`` are applied to the
 output of every ``nn.Linear`` and ``nn.LayerNorm`` inside the blocks
 (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``),
 and, as in the authors' ViT, to the patch-embedding convolution's output (per
-channel) and to the final ``norm``: ``y' = y * gamma + beta``.
+channel) and to the final ``norm`` (and to a family ViT's ``ln_pre`` and ``fc_norm``, LayerNorms
+around the blocks): ``y' = y * gamma + beta``.
 
 The ViT is not forked: the factors of the layer ``parent.child`` are the
 sublayer ``parent.child_ssf`` (parameters ``scale`` and ``shift``), applied by a
@@ -87,9 +88,10 @@ def _targets(model: nn.Layer, cfg: SSFConfig) -> list[tuple[str, nn.Layer]]:
     found = []
     for i, block in enumerate(model.blocks):
         found += [(f"blocks.{i}.{n}", l) for n, l in block.named_sublayers() if isinstance(l, _TYPES)]
-    if cfg.include_embed_and_final_norm:
-        found.insert(0, ("patch_embed.proj", model.patch_embed.proj))
-        found.append(("norm", model.norm))
+    if cfg.include_embed_and_final_norm:  # with a family ViT's LayerNorms there: CLIP's ln_pre, fc_norm
+        first = [("patch_embed.proj", model.patch_embed.proj), ("ln_pre", getattr(model, "ln_pre", None))]
+        last = [("norm", model.norm), ("fc_norm", getattr(model, "fc_norm", None))]
+        found = [t for t in first if t[1] is not None] + found + [t for t in last if t[1] is not None]
     return found
 
 
