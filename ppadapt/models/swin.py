@@ -167,8 +167,14 @@ class WindowAttention(nn.Layer):
         return bias.reshape([n, n, self.num_heads]).transpose([2, 0, 1]).unsqueeze(0)
 
     def forward(self, x: paddle.Tensor, mask: paddle.Tensor | None = None) -> paddle.Tensor:
-        n, c = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape([-1, n, 3, self.num_heads, c // self.num_heads])
+        """``x``: the (shifted) map ``[B, H, W, C]``; returns ``[B * windows, window^2, C]``.
+
+        ``qkv`` runs on the map, before the windows are cut (per token, so the same): a Linear
+        fed straight by the partition's reshape is mis-fused by Paddle Inference 3.3's passes
+        (the reshape is dropped and the 6-D input flattened wrongly)."""
+        n, c = self.window_size ** 2, x.shape[-1]
+        qkv = window_partition(self.qkv(x), self.window_size)
+        qkv = qkv.reshape([-1, n, 3, self.num_heads, c // self.num_heads])
         q, k, v = paddle.unbind(qkv.transpose([2, 0, 3, 1, 4]), axis=0)
         attn = paddle.matmul(q * self.scale, k, transpose_y=True) + self.position_bias().astype(q.dtype)
         if mask is not None:
@@ -216,7 +222,7 @@ class SwinTransformerBlock(nn.Layer):
         y = self.norm1(x).reshape([-1, h, w, c])
         if shift:
             y = paddle.roll(y, shifts=(-shift, -shift), axis=(1, 2))
-        y = self.attn(window_partition(y, self.window_size), self._mask(h, w, shift) if shift else None)
+        y = self.attn(y, self._mask(h, w, shift) if shift else None)
         y = window_reverse(y, self.window_size, h, w)
         if shift:
             y = paddle.roll(y, shifts=(shift, shift), axis=(1, 2))
