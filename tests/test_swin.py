@@ -169,7 +169,7 @@ def test_the_bottleneck_option_takes_an_int_or_a_per_width_rule():
     with pytest.raises(ConfigError, match=r"^method.bottleneck must be int or str, got 2.5$"):
         coerce(2.5, int | str, "method.bottleneck")
     for bad in ("dim/12", "dim//0", "12"):
-        with pytest.raises(ValueError, match="positive integer or 'dim//N'"):
+        with pytest.raises(ValueError, match=r"must be int, got .* \(a positive whole number, or 'dim//N'"):
             AdaptFormerConfig(bottleneck=bad).resolved()
     with pytest.raises(ValueError, match="gives 0 for a block of width 16"):
         get_method("adaptformer").apply(tiny(), AdaptFormerConfig(bottleneck="dim//32"))

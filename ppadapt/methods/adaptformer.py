@@ -70,8 +70,8 @@ class AdaptFormerConfig:
         if isinstance(cfg.bottleneck, str):
             rule = _PER_WIDTH.fullmatch(cfg.bottleneck.strip())
             if not rule or int(rule.group(1)) <= 0:
-                raise ValueError(f"adaptformer.bottleneck must be a positive integer or 'dim//N' (N > 0), "
-                                 f"got {cfg.bottleneck!r}")
+                raise ValueError(f"adaptformer.bottleneck must be int, got {cfg.bottleneck!r} (a positive whole "
+                                 "number, or 'dim//N': each block's width // N)")
         elif isinstance(cfg.bottleneck, bool) or not isinstance(cfg.bottleneck, int) or cfg.bottleneck <= 0:
             raise ValueError(f"adaptformer.bottleneck must be a positive integer, got {cfg.bottleneck!r}")
         if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
