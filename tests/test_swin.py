@@ -10,6 +10,7 @@ from ppadapt.config.schema import coerce, field_types
 from ppadapt.errors import CheckpointError, ConfigError
 from ppadapt.methods import get_method
 from ppadapt.methods.adaptformer import AdaptFormerConfig
+from ppadapt.methods.lora import LoRAConfig
 from ppadapt.methods.trainable import count_parameters
 from ppadapt.models import swin_archs
 from ppadapt.models.swin import SwinConfig, SwinTransformer
@@ -233,12 +234,16 @@ def test_paddle_inference_of_an_exported_swin_equals_the_dygraph_model(method, t
         np.testing.assert_allclose(run_inference(predictor, batch[:n]), expected[:n], rtol=0, atol=1e-5)
 
 
-def test_lora_merges_into_swin_and_gives_the_same_logits():
+@pytest.mark.parametrize("targets", ["qv", r"attn\.proj|mlp\.fc\d|downsample\.reduction"])
+def test_lora_merges_into_swin_and_gives_the_same_logits(targets):
     paddle.seed(8)
     model = tiny()
     randomise(model, seed=9)
     lora = get_method("lora")
-    lora.apply(model)
+    lora.apply(model, LoRAConfig(targets=targets))
+    if targets != "qv":  # every stage's Linear layers, the bias-free patch merging's included
+        assert hasattr(model.layers[0].downsample, "reduction_lora") and hasattr(model.layers[1].blocks[1].mlp,
+                                                                                 "fc2_lora")
     for name, p in model.named_parameters():
         if "_lora." in name:
             p.set_value(np.random.default_rng(10).standard_normal(p.shape).astype("float32") * 0.3)
@@ -287,3 +292,17 @@ def test_an_ssf_merge_into_the_bias_free_patch_merging_is_refused_before_folding
         ssf.merge(model)
     assert all(np.array_equal(before[k], v.numpy()) for k, v in model.state_dict().items())
     assert ssf.is_applied(model)
+
+
+def test_weight_decay_skips_the_bias_tables_and_layer_ids_run_through_the_stages():
+    from ppadapt.training.optim import no_weight_decay
+
+    model = tiny()
+    skipped = no_weight_decay(model)
+    assert "layers.1.blocks.0.attn.relative_position_bias_table" in skipped
+    assert "layers.1.blocks.0.attn.qkv.weight" not in skipped
+    ids = [model.layer_id(n) for n in ("patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight",
+                                       "layers.0.blocks.1.mlp.fc1.weight", "layers.0.downsample.reduction.weight",
+                                       "layers.1.blocks.0.norm1.weight", "layers.1.blocks.1.norm2.bias",
+                                       "norm.weight", "head.weight")]
+    assert ids == [0, 1, 2, 2, 3, 4, 5, 5]

@@ -23,7 +23,7 @@ so they are computed once per feature-map size with NumPy (also under ``paddle.j
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import paddle
@@ -59,11 +59,14 @@ class SwinConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     shift_single_window: bool = True  # PaddleClas 2.6; False: Microsoft's (see the module docstring)
-    widths: tuple[int, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
-        self.widths = tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each stage's token width: the width doubles at every patch merging."""
+        return tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
 
     def validated(self) -> "SwinConfig":
         """The config itself; ``ValueError`` (one line) on a shape that cannot be built."""
@@ -292,8 +295,7 @@ class SwinTransformer(nn.Layer):
 
     def __init__(self, config: SwinConfig | None = None, class_num: int = 1000, **overrides):
         super().__init__()
-        base = {k: v for k, v in asdict(config or SwinConfig()).items() if k != "widths"}
-        cfg = SwinConfig(**{**base, **overrides}).validated()
+        cfg = SwinConfig(**{**asdict(config or SwinConfig()), **overrides}).validated()
         self.config = cfg
         self.class_num = class_num
         self.embed_dim = cfg.embed_dim

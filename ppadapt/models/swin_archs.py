@@ -13,6 +13,7 @@ for transfer ppadapt leaves it at 0 as for its ViTs (``SwinConfig.drop_path_rate
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 
 from .swin import SwinConfig, SwinTransformer
 
@@ -54,8 +55,7 @@ def _known(name: str) -> str:
 
 def swin_config(name: str) -> SwinConfig:
     """The architecture of PaddleClas's constructor ``name`` (a copy; ``ValueError`` for an unknown one)."""
-    cfg = SWINS[_known(name)]
-    return SwinConfig(**{k: v for k, v in vars(cfg).items() if k != "widths"})
+    return replace(SWINS[_known(name)])
 
 
 def swin_weights_url(name: str) -> str:
