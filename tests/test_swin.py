@@ -306,3 +306,15 @@ def test_weight_decay_skips_the_bias_tables_and_layer_ids_run_through_the_stages
                                        "layers.1.blocks.0.norm1.weight", "layers.1.blocks.1.norm2.bias",
                                        "norm.weight", "head.weight")]
     assert ids == [0, 1, 2, 2, 3, 4, 5, 5]
+
+
+def test_the_heads_of_the_vit_fit_swin():
+    model = tiny(head="bn_linear", head_init="zero")
+    assert model.head.weight.shape == [32, 5] and "head.norm._mean" in model.state_dict()
+    assert not model.head.weight.numpy().any()
+    model.reset_head(3)
+    assert model.head.weight.shape == [32, 3]
+    model.eval()
+    assert model(paddle.randn([2, 3, 32, 32])).shape == [2, 3]
+    with pytest.raises(ValueError, match="unknown head 'mlp'"):
+        tiny(head="mlp")

@@ -32,7 +32,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
 from .fast_layers import Dropout, LayerNorm, Linear
-from .vit import DropPath, Mlp
+from .vit import DropPath, Mlp, check_head, make_head
 
 _trunc_normal = TruncatedNormal(std=0.02)
 _zeros = Constant(0.0)
@@ -59,6 +59,8 @@ class SwinConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     shift_single_window: bool = True  # PaddleClas 2.6; False: Microsoft's (see the module docstring)
+    head: str = "linear"  # the classifier, as the ViT's (see ppadapt.models.vit.make_head)
+    head_init: str = "default"
 
     def __post_init__(self) -> None:
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
@@ -76,6 +78,7 @@ class SwinConfig:
         for stage, (width, heads) in enumerate(zip(self.widths, self.num_heads)):
             if heads <= 0 or width % heads:
                 raise ValueError(f"stage {stage}: width {width} is not divisible by num_heads {heads}")
+        check_head(self.head, self.head_init)
         if self.window_size < 1 or self.patch_size < 1:
             raise ValueError(f"window_size and patch_size must be positive, got {self.window_size}, {self.patch_size}")
         stage_sizes(self, self.img_size, self.img_size)
@@ -287,8 +290,9 @@ class PatchEmbed(nn.Layer):
 
 
 class SwinTransformer(nn.Layer):
-    """Swin with PaddleClas's names; ``class_num=0`` drops the head. The classifier reads the
-    average of the last stage's normed tokens. ``amp`` as on :class:`~ppadapt.models.vit.VisionTransformer`."""
+    """Swin with PaddleClas's names; ``class_num=0`` drops the head. The classifier (``head``, of
+    the config's kind: see :func:`~ppadapt.models.vit.make_head`) reads the average of the last
+    stage's normed tokens. ``amp`` as on :class:`~ppadapt.models.vit.VisionTransformer`."""
 
     recompute: bool = False  # not supported: Swin blocks take the map size as a second input
     amp: tuple[str, str] | None = None
@@ -309,8 +313,8 @@ class SwinTransformer(nn.Layer):
                        downsample=i < len(cfg.depths) - 1)
             for i, depth in enumerate(cfg.depths)])
         self.norm = LayerNorm(self.num_features, epsilon=cfg.epsilon)
-        self.head = Linear(self.num_features, class_num) if class_num > 0 else nn.Identity()
         self.apply(_init_weights)
+        self.head = make_head(cfg.head, cfg.head_init, self.num_features, class_num)
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         sizes = stage_sizes(self.config, x.shape[2], x.shape[3])
@@ -344,11 +348,9 @@ class SwinTransformer(nn.Layer):
         return sum(self.config.depths) + 1
 
     def reset_head(self, class_num: int) -> None:
-        """A freshly initialised linear classifier for ``class_num`` classes."""
+        """Replace the classifier by a freshly initialised one (the config's kind and init)."""
         self.class_num = class_num
-        self.head = Linear(self.num_features, class_num) if class_num > 0 else nn.Identity()
-        if class_num > 0:
-            _init_weights(self.head)
+        self.head = make_head(self.config.head, self.config.head_init, self.num_features, class_num)
 
 
 def _init_weights(layer: nn.Layer) -> None:
