@@ -48,6 +48,25 @@ def _reference(kind, x, weight, bias, upstream):
     return xhat * w + b, [dx, (flat(up) * flat(xhat)).sum(0), flat(up).sum(0)]
 
 
+def check_layer_norm(layer_norm, needs) -> None:
+    """``layer_norm(x, weight, bias, epsilon)`` against the float64 reference, with (input, scale,
+    shift) needing a gradient as ``needs`` says: the values, and exactly the gradients needed."""
+    rng = np.random.default_rng(0)
+    x = (3 * rng.standard_normal((5, 7, 24)) + 1).astype("float32")
+    w, b = rng.uniform(0.5, 1.5, 24).astype("float32"), rng.standard_normal(24).astype("float32")
+    upstream = rng.standard_normal((5, 7, 24)).astype("float32")
+    out_ref, grads_ref = _reference("layernorm", x, w, b, upstream)
+    tensors = [paddle.to_tensor(a, stop_gradient=not need) for a, need in zip((x, w, b), needs)]
+    out = layer_norm(*tensors, 1e-5)
+    (out * paddle.to_tensor(upstream)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), out_ref, rtol=1e-5, atol=1e-5)
+    for t, ref, need in zip(tensors, grads_ref, needs):
+        if need:
+            np.testing.assert_allclose(t.grad.numpy(), ref, rtol=1e-4, atol=1e-4)
+        else:
+            assert t.grad is None
+
+
 @pytest.mark.parametrize("needs", NEEDS)
 @pytest.mark.parametrize("kind", ["linear", "layernorm"])
 def test_fast_layer_gradients_are_exact(kind, needs):

@@ -24,7 +24,7 @@ from ppadapt.models import fast_layers
 from ppadapt.models.fast_layers import Dropout, LayerNorm, layer_path, use_layers
 from ppadapt.training.engine import configure_training
 
-from test_fast_layers import NEEDS, _reference
+from test_fast_layers import NEEDS, check_layer_norm
 from test_recompute import _train
 from tiny import tiny_vit
 
@@ -71,20 +71,7 @@ def test_scaled_softmax_matches_paddle():
 @pytest.mark.parametrize("needs", NEEDS)
 def test_layer_norm_gradients_for_every_frozen_combination(needs):
     """Against the float64 reference; the frozen scale (Paddle's own kernel's bug) included."""
-    rng = np.random.default_rng(2)
-    x = (3 * rng.standard_normal((5, 7, 24)) + 1).astype("float32")
-    w, b = rng.uniform(0.5, 1.5, 24).astype("float32"), rng.standard_normal(24).astype("float32")
-    upstream = rng.standard_normal((5, 7, 24)).astype("float32")
-    out_ref, grads_ref = _reference("layernorm", x, w, b, upstream)
-    xt, wt, bt = (paddle.to_tensor(a, stop_gradient=not n) for a, n in zip((x, w, b), needs))
-    out = fused.layer_norm(xt, wt, bt, 1e-5)
-    (out * paddle.to_tensor(upstream)).sum().backward()
-    np.testing.assert_allclose(out.numpy(), out_ref, rtol=1e-5, atol=1e-5)
-    for t, ref, need in zip((xt, wt, bt), grads_ref, needs):
-        if need:
-            np.testing.assert_allclose(t.grad.numpy(), ref, rtol=1e-4, atol=1e-4)
-        else:
-            assert t.grad is None
+    check_layer_norm(fused.layer_norm, needs)
 
 
 def test_moving_heads_is_exact():

@@ -20,7 +20,7 @@ from ppadapt.models import fast_layers
 from ppadapt.models.fast_layers import LayerNorm, Linear, Switchable, layer_path, native_layer_norm, use_layers
 from ppadapt.training.engine import configure_training
 
-from test_fast_layers import NEEDS, _reference
+from test_fast_layers import NEEDS, check_layer_norm
 from tiny import tiny_vit
 
 
@@ -110,20 +110,7 @@ def test_native_and_fast_paths_give_the_same_outputs_and_gradients(method):
 @pytest.mark.parametrize("needs", NEEDS)
 def test_native_layer_norm_is_exact_where_paddles_kernel_is_not(needs):
     """Against the float64 reference, for every combination of frozen input/scale/shift."""
-    rng = np.random.default_rng(0)
-    x = (3 * rng.standard_normal((5, 7, 24)) + 1).astype("float32")
-    w, b = rng.uniform(0.5, 1.5, 24).astype("float32"), rng.standard_normal(24).astype("float32")
-    upstream = rng.standard_normal((5, 7, 24)).astype("float32")
-    out_ref, grads_ref = _reference("layernorm", x, w, b, upstream)
-    xt = paddle.to_tensor(x, stop_gradient=not needs[0])
-    wt = paddle.to_tensor(w, stop_gradient=not needs[1])
-    bt = paddle.to_tensor(b, stop_gradient=not needs[2])
-    out = native_layer_norm(xt, wt, bt, 1e-5)
-    (out * paddle.to_tensor(upstream)).sum().backward()
-    np.testing.assert_allclose(out.numpy(), out_ref, rtol=1e-5, atol=1e-5)
-    for grad, ref, need in zip([xt.grad, wt.grad, bt.grad], grads_ref, needs):
-        if need:
-            np.testing.assert_allclose(grad.numpy(), ref, rtol=1e-4, atol=1e-4)
+    check_layer_norm(native_layer_norm, needs)
 
 
 def test_model_layers_key_reaches_the_model():

@@ -208,7 +208,15 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], key)
+        if len(inner) == 1:
+            return coerce(value, inner[0], key)
+        for kind in inner:  # e.g. int | str: the first of the types the value fits, in order
+            try:
+                return coerce(value, kind, key)
+            except ConfigError:
+                pass
+        names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in inner)
+        raise ConfigError(f"{key} must be {names}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")

@@ -15,6 +15,7 @@ exactly the official formulation.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import paddle
@@ -24,8 +25,10 @@ from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
 
 from ..models.fast_layers import Dropout, Linear
 from .base import Tuner
+from .targets import block_width, transformer_blocks
 
 SUBLAYER = "adaptmlp"
+_PER_WIDTH = re.compile(r"dim\s*//\s*(\d+)")  # bottleneck "dim//12": each block's width // 12
 _WIRING = "_adaptformer_hooks"  # on an Adapter: its _BranchHooks, for the probe
 
 # Per-variant defaults for the options left as None.
@@ -44,7 +47,9 @@ class AdaptFormerConfig:
     """Options of the AdaptFormer branch; ``None`` takes the variant's default."""
 
     variant: str = "official"
-    bottleneck: int = 64
+    # an int (every block), or "dim//N": each block's width // N (per stage on Swin; the
+    # official AdaptFormer's Swin uses dim//12)
+    bottleneck: int | str = 64
     scale: float | None = None
     learnable_scale: bool | None = None
     layernorm: str = "none"  # none | in | out
@@ -62,7 +67,12 @@ class AdaptFormerConfig:
                              ("init", ("lora", "trunc_normal"))):
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"adaptformer.{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
-        if isinstance(cfg.bottleneck, bool) or not isinstance(cfg.bottleneck, int) or cfg.bottleneck <= 0:
+        if isinstance(cfg.bottleneck, str):
+            rule = _PER_WIDTH.fullmatch(cfg.bottleneck.strip())
+            if not rule or int(rule.group(1)) <= 0:
+                raise ValueError(f"adaptformer.bottleneck must be int, got {cfg.bottleneck!r} (a positive whole "
+                                 "number, or 'dim//N': each block's width // N)")
+        elif isinstance(cfg.bottleneck, bool) or not isinstance(cfg.bottleneck, int) or cfg.bottleneck <= 0:
             raise ValueError(f"adaptformer.bottleneck must be a positive integer, got {cfg.bottleneck!r}")
         if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"adaptformer.dropout must be in [0, 1), got {cfg.dropout!r}")
@@ -71,6 +81,15 @@ class AdaptFormerConfig:
         if not isinstance(cfg.learnable_scale, bool):
             raise ValueError(f"adaptformer.learnable_scale must be true or false, got {cfg.learnable_scale!r}")
         return cfg
+
+    def bottleneck_for(self, width: int) -> int:
+        """The bottleneck of a block of ``width`` channels; ``ValueError`` if a rule gives 0."""
+        if isinstance(self.bottleneck, int):
+            return self.bottleneck
+        size = width // int(_PER_WIDTH.fullmatch(self.bottleneck.strip()).group(1))
+        if size < 1:
+            raise ValueError(f"adaptformer.bottleneck {self.bottleneck!r} gives 0 for a block of width {width}")
+        return size
 
 
 class Adapter(nn.Layer):
@@ -149,8 +168,9 @@ def branch_to_mlp(pairs: list[tuple[paddle.Tensor, paddle.Tensor]], eps: float =
 class AdaptFormerTuner(Tuner):
     """A branch per block, registered as ``blocks.N.adaptmlp`` and hooked on ``norm2``/``mlp``.
 
-    Works on any model with ``blocks[i].norm2`` and ``blocks[i].mlp`` (ppadapt's and
-    PaddleClas's ViT). The tutorial's ``--freeze`` means this method, and an older
+    Works on any model whose blocks (sublayers named ``blocks.N``, at any depth: ppadapt's
+    ViT and Swin, PaddleClas's ViT) have ``norm2`` and ``mlp``; each branch is as wide as
+    its block. The tutorial's ``--freeze`` means this method, and an older
     ppadapt kept its options in the config's ``adapter`` section.
     """
 
@@ -167,13 +187,14 @@ class AdaptFormerTuner(Tuner):
         return cfg.resolved()
 
     def targets(self, model, cfg):
-        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+        return transformer_blocks(model)
 
     def module_path(self, target: str) -> str:
         return f"{target}.{SUBLAYER}"
 
     def create(self, model, target, block, cfg):
-        return Adapter(model.embed_dim, cfg.bottleneck, cfg.scale, cfg.learnable_scale, cfg.layernorm,
+        width = block_width(block)
+        return Adapter(width, cfg.bottleneck_for(width), cfg.scale, cfg.learnable_scale, cfg.layernorm,
                        cfg.dropout, cfg.init)
 
     def wire(self, model, target, block, adapter, cfg):

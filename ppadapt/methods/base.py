@@ -110,6 +110,10 @@ class Tuner:
     # effect into ``layer`` (the merge loop then removes the module and its hooks).
     fold: Callable | None = None
 
+    def check_fold(self, model: nn.Layer, target: str, layer: nn.Layer, module: nn.Layer) -> None:
+        """``ValueError`` if ``module`` cannot fold into ``layer``; asked of every module before
+        any is folded, so a merge that cannot finish changes nothing."""
+
     # --- options -----------------------------------------------------------------------------
 
     def options(self) -> dict:
@@ -250,6 +254,9 @@ class Tuner:
             raise ValueError(f"{self.title} is not applied to this model")
         layers = dict(model.named_sublayers())
         mine = [(path, m) for path, m in layers.items() if getattr(m, _TUNER, None) == self.kind]
+        for path, module in mine:
+            target = getattr(module, _TARGET)
+            self.check_fold(model, target, layers[target] if target else model, module)
         for path, module in mine:
             target = getattr(module, _TARGET)
             self.fold(model, target, layers[target] if target else model, module)

@@ -37,6 +37,7 @@ from paddle.nn.initializer import Constant, TruncatedNormal
 
 from ..models.fast_layers import Linear
 from .base import Tuner
+from .targets import transformer_blocks
 
 SUBLAYER = "adapter"
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -102,13 +103,13 @@ class HoulsbyTuner(Tuner):
     config = HoulsbyConfig
 
     def targets(self, model, cfg):
-        return [(f"blocks.{i}.mlp", block.mlp) for i, block in enumerate(model.blocks)]
+        return [(f"{path}.mlp", block.mlp) for path, block in transformer_blocks(model)]
 
     def module_path(self, target: str) -> str:
         return f"{target.rpartition('.')[0]}.{SUBLAYER}"
 
     def create(self, model, target, mlp, cfg):
-        return HoulsbyAdapter(model.embed_dim, cfg.bottleneck, cfg.activation, cfg.init, cfg.init_scale)
+        return HoulsbyAdapter(int(mlp.fc1.weight.shape[0]), cfg.bottleneck, cfg.activation, cfg.init, cfg.init_scale)
 
     def wire(self, model, target, mlp, adapter, cfg):
         return [mlp.register_forward_post_hook(_after_mlp(adapter))]

@@ -4,8 +4,7 @@ A learnable per-channel scale ``gamma`` and shift ``beta`` are applied to the
 output of every ``nn.Linear`` and ``nn.LayerNorm`` inside the blocks
 (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``),
 and, as in the authors' ViT, to the patch-embedding convolution's output (per
-channel) and to the final ``norm`` (and to a family ViT's ``ln_pre`` and ``fc_norm``, LayerNorms
-around the blocks): ``y' = y * gamma + beta``.
+channel) and to the final ``norm``: ``y' = y * gamma + beta``.
 
 The ViT is not forked: the factors of the layer ``parent.child`` are the
 sublayer ``parent.child_ssf`` (parameters ``scale`` and ``shift``), applied by a
@@ -21,10 +20,16 @@ A layer without a bias (``attn.qkv`` when ``qkv_bias=False``) cannot absorb
 the shift otherwise, so :func:`merge_ssf` *creates* the bias parameter there
 (frozen like the weight) and sets ``model.config.qkv_bias = True``: the merged
 model is a plain ViT with qkv biases, i.e. its state dict loads into
-``VisionTransformer(..., qkv_bias=True)``.
+``VisionTransformer(..., qkv_bias=True)``. Any other layer without a bias (Swin's
+patch-merging ``reduction``, which PaddleClas builds without one) cannot take the shift:
+merging then fails in one line before anything is folded.
+
+Targets are found by type and name, so the same rule fits Swin: every Linear/LayerNorm but
+the head's (its blocks, patch norm, patch merging, final norm) and the patch convolution.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +40,8 @@ from .base import Tuner
 
 SUFFIX = "_ssf"
 _TYPES = (nn.Linear, nn.LayerNorm)
+PATCH_CONV = "patch_embed.proj"
+_IN_BLOCK = re.compile(r"(^|\.)blocks\.\d+\.")
 
 
 @dataclass
@@ -85,13 +92,16 @@ class _ScaleShift:
 
 
 def _targets(model: nn.Layer, cfg: SSFConfig) -> list[tuple[str, nn.Layer]]:
+    """Every Linear/LayerNorm but the head's, and the patch-embedding convolution, in model order;
+    without ``include_embed_and_final_norm`` only those inside the blocks (``blocks.N.*``)."""
     found = []
-    for i, block in enumerate(model.blocks):
-        found += [(f"blocks.{i}.{n}", l) for n, l in block.named_sublayers() if isinstance(l, _TYPES)]
-    if cfg.include_embed_and_final_norm:  # with a family ViT's LayerNorms there: CLIP's ln_pre, fc_norm
-        first = [("patch_embed.proj", model.patch_embed.proj), ("ln_pre", getattr(model, "ln_pre", None))]
-        last = [("norm", model.norm), ("fc_norm", getattr(model, "fc_norm", None))]
-        found = [t for t in first if t[1] is not None] + found + [t for t in last if t[1] is not None]
+    for path, layer in model.named_sublayers():
+        if path == "head" or path.startswith("head."):
+            continue
+        if not cfg.include_embed_and_final_norm and not _IN_BLOCK.search(path):
+            continue
+        if isinstance(layer, _TYPES) or (path == PATCH_CONV and isinstance(layer, nn.Conv2D)):
+            found.append((path, layer))
     return found
 
 
@@ -142,6 +152,13 @@ class SSFTuner(Tuner):
 
     def owns(self, name: str) -> bool:
         return is_ssf_parameter(name)
+
+    def check_fold(self, model, target, layer, ssf):
+        """Only a fused qkv may lack the bias that takes the shift: the config can give it one
+        (``qkv_bias``). Elsewhere (Swin's patch-merging ``reduction``) the architecture has none."""
+        if layer.bias is None and not (isinstance(layer, nn.Linear) and target.endswith("attn.qkv")):
+            raise ValueError(f"cannot merge SSF: {target} has no bias to take the shift and its architecture has "
+                             "none there; keep SSF unmerged (export without merging)")
 
     def fold(self, model, target, layer, ssf):
         """Exact for Linear (``W[:, j] *= g_j``), LayerNorm (``weight * g``) and the

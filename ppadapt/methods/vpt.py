@@ -124,6 +124,14 @@ class VPTTuner(Tuner):
     modules = "VPT prompts"
     config = VPTConfig
 
+    def check_model(self, model, cfg):
+        """Prompts join one global token sequence after the class token; a model without one
+        (Swin attends within local windows, which prompt tokens do not belong to) cannot take them."""
+        if getattr(model, "cls_token", None) is None or not hasattr(model, "pos_drop"):
+            raise ValueError(f"VPT does not apply to {type(model).__name__}: its prompts join a ViT's global "
+                             "token sequence after cls_token, which this model has not (Swin attends within "
+                             "shifted local windows); choose adaptformer, lora, bitfit, ssf or linear")
+
     def targets(self, model, cfg):
         return [("", model)]
 
