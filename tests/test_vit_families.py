@@ -152,17 +152,15 @@ def test_clip_image_embedding_with_its_projection(tmp_path, name):
 
 def test_a_checkpoint_of_another_family_is_one_line(tmp_path):
     paddle.seed(2)
-    for source, target in (("CLIP_vit_base_patch32_224", "BEiTv2_vit_base_patch16_224"),
-                           ("BEiTv2_vit_base_patch16_224", "CLIP_vit_base_patch16_224")):
+    clip, beit = "CLIP (ln_pre)", "BEiTv2 (layer scale gamma_1, relative position bias)"
+    for source, target, have, want in ((CLIPS[1], BEIT[0], clip, beit), (BEIT[0], CLIPS[0], beit, clip)):
         path = tmp_path / f"{source}.pdparams"
         paddle.save(clas_model(source).state_dict(), str(path))
         with pytest.raises(CheckpointError) as err:
             ppadapt_model(target, path)
         message = str(err.value)
         assert "\n" not in message
-        family = {"CLIP": "CLIP (ln_pre)", "BEiTv2": "BEiTv2 (layer scale gamma_1, relative position bias)"}
-        assert f"the checkpoint is a {family[source[:4] if source[0] == 'C' else 'BEiTv2']}" in message
-        assert f"but the model is a {family[target[:4] if target[0] == 'C' else 'BEiTv2']}" in message
+        assert f"the checkpoint is a {have} but the model is a {want}; pass the --backbone" in message
     plain = tmp_path / "plain.pdparams"
     paddle.save(VisionTransformer(ViTConfig(**SMALL, qkv_bias=True), 10).state_dict(), str(plain))
     with pytest.raises(CheckpointError, match=r"checkpoint is a plain ViT \(pos_embed, .*model is a BEiTv2"):
@@ -394,3 +392,19 @@ def test_ssf_scales_clips_ln_pre_too():
     apply_transfer_method(model, cfg)
     names = {k for k, p in model.named_parameters() if not p.stop_gradient}
     assert {"patch_embed.proj_ssf.scale", "ln_pre_ssf.scale", "ln_pre_ssf.shift", "norm_ssf.shift"} <= names
+
+
+def test_another_familys_checkpoint_on_the_command_line_is_one_error_line(tmp_path, capsys):
+    from cifar_archive import write_cifar_archive
+
+    paddle.seed(9)
+    ckpt = tmp_path / "clip.pdparams"
+    paddle.save(clas_model(CLIPS[1]).state_dict(), str(ckpt))
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", train_per_class=2, test_per_class=1)
+    argv = ["--backbone", BEIT[0], "--pretrained", str(ckpt), "--epochs", "1", "--quiet", "--data-file", str(archive),
+            "--output", str(tmp_path / "out")]
+    for item in [f"model.{k}={v}" for k, v in SMALL.items()]:
+        argv += ["-o", item]
+    assert transfer_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the checkpoint is a CLIP (ln_pre) but the model is a BEiTv2")
