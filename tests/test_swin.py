@@ -18,7 +18,8 @@ from ppadapt.models.swin_archs import (build_swin, list_swin_backbones, swin_con
                                        swin_weights_url)
 from ppadapt.models.vit import VisionTransformer
 from ppadapt.runs.checkpoint import load_state_dict, load_weights
-from ppadapt.runs.swin_weights import adapt_swin_state_dict, load_swin_pretrained, resample_relative_position_bias
+from ppadapt.runs.pretrained import load_pretrained
+from ppadapt.runs.swin_weights import adapt_swin_state_dict, resample_relative_position_bias
 
 PADDLECLAS_SWIN = "paddleclas.ppcls.arch.backbone.legendary_models.swin_transformer"
 TINY = dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
@@ -88,7 +89,7 @@ def test_a_window_7_checkpoint_is_resampled_into_a_window_8_model(paddleclas_tin
     _, path = paddleclas_tiny
     model = tiny(img_size=64, window_size=8)
     notes = []
-    assert load_swin_pretrained(model, path, log=notes.append) == ["head.weight", "head.bias"]
+    assert load_pretrained(model, path, log=notes.append) == ["head.weight", "head.bias"]
     assert notes == ["resampled relative_position_bias_table from window 4 to 8 "
                      "(bicubic over the grid of relative offsets, per head)"]
     assert model.layers[1].blocks[0].attn.relative_position_bias_table.shape == [15 * 15, 4]
@@ -280,7 +281,7 @@ def test_a_vit_state_dict_given_to_swin_names_both_families(tmp_path):
     path = tmp_path / "vit.pdparams"
     paddle.save(vit.state_dict(), str(path))
     with pytest.raises(CheckpointError, match=r"^this checkpoint is a ViT's .* the model is a Swin Transformer"):
-        load_swin_pretrained(tiny(), path)
+        load_pretrained(tiny(), path)
 
 
 def test_an_ssf_merge_into_the_bias_free_patch_merging_is_refused_before_folding_anything():

@@ -44,7 +44,8 @@ from ..data.transforms import EvalTransform
 from ..errors import CheckpointError, ConfigError, DataError, PPAdaptError, PPAdaptWarning
 from ..methods import applied_methods, get_method
 from ..methods.base import RECORD, Detached
-from ..models.vit import VisionTransformer, make_head
+from ..models.build import build_backbone
+from ..models.vit import make_head
 from ..runs.backbone import Backbone, load_backbone
 from ..runs.checkpoint import load_weights
 from ..runs.layout import default_pretrained
@@ -223,13 +224,13 @@ class MultiTaskModel:
                 out[i] = row
         return out
 
-    def standalone(self, name: str) -> VisionTransformer:
+    def standalone(self, name: str) -> nn.Layer:
         """Task ``name`` as a separate full model (backbone tensors copied): what export writes,
         and what its own training run would rebuild."""
         task = self.task(name)
         self.deactivate()  # the backbone's tensors hold their own values
         arch = dataclasses.replace(self.backbone.arch, head=task.file.head_kind, head_init="default")
-        model = VisionTransformer(arch, class_num=task.num_classes)
+        model = build_backbone(arch, task.num_classes)
         for carried, options in applied_methods(self.model).items():
             get_method(carried).apply(model, self._config(carried, options, "the backbone"))
         if task.detached is not None:

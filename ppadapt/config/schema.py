@@ -12,6 +12,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import ConfigError
+from ..models.swin import SwinConfig
 from ..models.vit import ViTConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -49,6 +50,11 @@ class ModelSection(ViTConfig):
     * ``backbone``: the PaddleClas constructor this architecture is (``transfer.py --backbone``
       sets it); a pretrained file with no ppadapt ``run.json`` beside it is then normalised
       as that backbone's weights (None: mean = std = 0.5, PaddleClas's ViTs').
+    * ``arch``: ``vit`` (the keys above) or ``swin``: a Swin Transformer (``--backbone
+      SwinTransformer_*`` sets it) of width ``embed_dim``, ``depths`` blocks per stage,
+      ``stage_heads`` heads per stage and ``window_size``; its ``img_size``, ``patch_size``,
+      ``in_chans``, ``mlp_ratio``, ``qkv_bias``, ``epsilon``, drop rates, ``head`` and
+      ``head_init`` are the keys above, and the ViT-only keys stay at their defaults.
     * ``layers``: the Linear/LayerNorm/GELU/softmax code training runs (``auto``: the
       hand-written CPU backward on the CPU, Paddle's own kernels on a GPU; ``fast``; ``native``;
       ``fused``: ppadapt's C++ CPU kernels, within float tolerance of ``fast``), see
@@ -59,16 +65,37 @@ class ModelSection(ViTConfig):
     drop_border: bool = False
     backbone: str | None = None
     layers: str = "auto"  # auto | fast | native | fused
+    arch: str = "vit"  # vit | swin
+    depths: list[int] | None = None  # swin: blocks per stage
+    stage_heads: list[int] | None = None  # swin: heads per stage
+    window_size: int | None = None  # swin: the attention window's side, in tokens
 
-    def architecture(self) -> ViTConfig:
-        """The plain :class:`ViTConfig` of this section (what :class:`VisionTransformer` takes)."""
+    def architecture(self) -> ViTConfig | SwinConfig:
+        """The architecture of this section: a :class:`ViTConfig`, or a :class:`SwinConfig` for
+        ``arch: swin`` (what :func:`ppadapt.models.build_backbone` takes)."""
+        if self.arch == "swin":
+            shared = {k: getattr(self, k) for k in SWIN_SHARED}
+            return SwinConfig(**shared, depths=tuple(self.depths or ()), num_heads=tuple(self.stage_heads or ()),
+                              window_size=self.window_size or 0)
         return ViTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ViTConfig)})
 
     @classmethod
-    def plain(cls, arch: ViTConfig, **changes: Any) -> "ModelSection":
+    def plain(cls, arch: ViTConfig | SwinConfig, **changes: Any) -> "ModelSection":
         """A section of architecture ``arch`` (with ``changes``) that carries nothing."""
-        values = {f.name: getattr(arch, f.name) for f in dataclasses.fields(ViTConfig)}
+        if isinstance(arch, SwinConfig):
+            values = {k: getattr(arch, k) for k in SWIN_SHARED}
+            values.update(arch="swin", depths=list(arch.depths), stage_heads=list(arch.num_heads),
+                          window_size=arch.window_size)
+        else:
+            values = {f.name: getattr(arch, f.name) for f in dataclasses.fields(ViTConfig)}
         return cls(**{**values, **changes})
+
+
+# The ViT keys a Swin architecture takes as they are (its others are depths, stage_heads, window_size).
+SWIN_SHARED = ("img_size", "patch_size", "in_chans", "embed_dim", "mlp_ratio", "qkv_bias", "epsilon", "drop_rate",
+               "attn_drop_rate", "drop_path_rate", "head", "head_init")
+SWIN_KEYS = ("depths", "stage_heads", "window_size")
+ARCHS = ("vit", "swin")
 
 
 @dataclass

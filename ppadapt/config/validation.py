@@ -5,14 +5,16 @@ read or any model is built.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 from ..errors import ConfigError
 from ..models.paddleclas_archs import paddleclas_vit_config
-from ..models.vit import ACTS, HEAD_INITS, HEADS, POOLS, check_family_options
+from ..models.vit import ACTS, HEAD_INITS, HEADS, POOLS, ViTConfig, check_family_options
 from ..models.fast_layers import LAYER_CHOICES
-from .schema import (AMP_DTYPES, AMP_LEVELS, AUGMENTATIONS, DEVICES, EVAL_RESIZES, LR_SCALES, NO_DECAY, OPTIMIZERS,
-                     RESOLUTIONS, SAVE_FORMATS, SCHEDULES, STAGES, Config, ModelSection, StageConfig)
+from .schema import (AMP_DTYPES, AMP_LEVELS, ARCHS, AUGMENTATIONS, DEVICES, EVAL_RESIZES, LR_SCALES, NO_DECAY,
+                     OPTIMIZERS, RESOLUTIONS, SAVE_FORMATS, SCHEDULES, STAGES, SWIN_KEYS, SWIN_SHARED, Config,
+                     ModelSection, StageConfig)
 from .recipes import checked_recipes
 from .tuning import check_methods
 
@@ -47,7 +49,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.layers must be one of {', '.join(LAYER_CHOICES)}, got {cfg.model.layers!r} "
                           "(auto: the fast CPU backward on the CPU, Paddle's own kernels on a GPU)")
     checked_recipes(cfg.transfer.by_method)
-    check_geometry(cfg.model)
+    check_arch(cfg.model)
+    if cfg.model.arch == "swin":
+        check_swin_geometry(cfg.model)
+    else:
+        check_geometry(cfg.model)
     check_head_and_backbone(cfg.model)
     check_methods(cfg)
 
@@ -75,6 +81,44 @@ def check_validation(st: StageConfig, name: str) -> None:
                               f"-o {name}.val_split=0.1")
         if st.val_split:
             raise ConfigError(f"{name}.val_split and {name}.val_dir both give a validation set: set only one")
+
+
+def check_arch(m: ModelSection) -> None:
+    """``model.arch`` is known, and only its own keys are set: a Swin's stages are ``depths``,
+    ``stage_heads`` and ``window_size``; a ViT's ``depth``, ``num_heads`` and family options."""
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    if m.arch == "vit":
+        for key in SWIN_KEYS:
+            if getattr(m, key) is not None:
+                raise ConfigError(f"model.{key} is a Swin key but model.arch is vit (a ViT has model.depth and "
+                                  "model.num_heads; for a Swin use --backbone SwinTransformer_... or "
+                                  "-o model.arch=swin)")
+        return
+    plain = ModelSection()
+    vit_only = [f.name for f in dataclasses.fields(ViTConfig) if f.name not in SWIN_SHARED]
+    for key in [*vit_only, "drop_border"]:
+        if getattr(m, key) != getattr(plain, key):
+            raise ConfigError(f"model.{key} is a ViT key but model.arch is swin: drop it (a Swin's stages are "
+                              "model.depths, model.stage_heads and model.window_size)")
+
+
+def check_swin_geometry(m: ModelSection) -> None:
+    """A Swin that can be built: one depth and one head count per stage, widths divisible by the
+    heads, and an image size that the patches, merges and windows tile."""
+    for key in SWIN_KEYS:
+        if getattr(m, key) is None:
+            raise ConfigError(f"model.{key} is missing: a Swin needs model.depths, model.stage_heads and "
+                              "model.window_size (--backbone SwinTransformer_... sets them)")
+    for key in ("img_size", "patch_size", "embed_dim", "window_size"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"model.{key} must be positive, got {getattr(m, key)}")
+    if m.in_chans != 3:
+        raise ConfigError(f"model.in_chans must be 3, got {m.in_chans} (every dataset is read as RGB images)")
+    try:
+        m.architecture().validated()
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
 
 
 def check_geometry(m: ModelSection) -> None:

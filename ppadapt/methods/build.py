@@ -6,14 +6,15 @@ import paddle
 
 from ..config import Config, carried_config, method_config, transfer_method
 from ..config.tuning import FREEZE
-from ..models.vit import VisionTransformer
+from ..models.build import build_backbone
 from .base import Tuner
 from .registry import get_method, method_of_flag
 
 
-def build_model(cfg: Config, class_num: int) -> VisionTransformer:
-    """The plain ViT of ``cfg.model`` with the modules it carries (``model.carry``, in order)."""
-    model = VisionTransformer(cfg.model.architecture(), class_num=class_num)
+def build_model(cfg: Config, class_num: int) -> paddle.nn.Layer:
+    """The plain backbone of ``cfg.model`` (a ViT or a Swin) with the modules it carries
+    (``model.carry``, in order)."""
+    model = build_backbone(cfg.model.architecture(), class_num)
     for name in cfg.model.carry:
         get_method(name).apply(model, carried_config(cfg, name))
     return model
@@ -24,7 +25,7 @@ def apply_freezing(model: paddle.nn.Layer, freeze: bool) -> None:
     (method_of_flag(FREEZE) if freeze else get_method("full")).mark_trainable(model)
 
 
-def apply_transfer_method(model: VisionTransformer, cfg: Config) -> Tuner:
+def apply_transfer_method(model: paddle.nn.Layer, cfg: Config) -> Tuner:
     """Inject the transfer method into ``model`` and freeze everything it does not own.
 
     A method the model carries (e.g. branches pretrained upstream) reuses its modules:

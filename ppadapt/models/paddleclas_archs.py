@@ -27,12 +27,17 @@ a test checks they agree) and the normalisation its training configs use:
     dropped when loading unless ``model.output_dim`` asks for it); ``CLIP_vit_base_patch16_224``
     is marked in PaddleClas as an embedding of the mean of its patch tokens (``pool: mean``).
     PaddleClas's MLPs use the exact GELU, and so does ppadapt (``-o model.act=quick_gelu``: OpenAI's).
+
+``legendary_models/swin_transformer.py``'s ``SwinTransformer_*`` are one more family, a
+:class:`~ppadapt.models.swin.SwinConfig` each (:mod:`.swin_archs` holds them).
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
 
+from .build import Architecture, describe_architecture
+from .swin_archs import MODULE as SWIN_MODULE, SWIN_URLS, SWINS
 from .vit import ViTConfig
 
 _BASE = dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, epsilon=1e-6)
@@ -92,10 +97,10 @@ NORMALISATION_WORDS = {HALF: "mean = std = 0.5", IMAGENET: "ImageNet mean/std", 
 
 @dataclass(frozen=True)
 class Family:
-    """ViTs of one PaddleClas module with one normalisation: architectures, weight URLs, mean/std."""
+    """Backbones of one PaddleClas module with one normalisation: architectures, weight URLs, mean/std."""
 
-    module: str  # under ppcls/arch/backbone/model_zoo/
-    archs: dict[str, ViTConfig]
+    module: str  # under ppcls/arch/backbone/ (model_zoo/ unless it names its folder)
+    archs: dict[str, Architecture]
     urls: dict[str, str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -107,6 +112,7 @@ FAMILIES = (
     Family("foundation_vit", FOUNDATION_VITS, FOUNDATION_URLS, *IMAGENET),
     Family("foundation_vit", BEIT_VITS, BEIT_URLS, *IMAGENET),
     Family("foundation_vit", CLIP_VITS, CLIP_URLS, *CLIP),
+    Family(SWIN_MODULE, SWINS, SWIN_URLS, *IMAGENET),
 )
 
 
@@ -125,8 +131,9 @@ def _family(name: str) -> Family:
     raise ValueError(f"unknown backbone '{name}'; {hint} (transfer.py --list-backbones lists them)")
 
 
-def paddleclas_vit_config(name: str) -> ViTConfig:
-    """The architecture of PaddleClas's constructor ``name`` (``ValueError`` for an unknown one)."""
+def paddleclas_vit_config(name: str) -> Architecture:
+    """The architecture of PaddleClas's constructor ``name`` (a ViTConfig, or a SwinConfig for a
+    Swin; ``ValueError`` for an unknown one)."""
     return _family(name).archs[name]
 
 
@@ -142,12 +149,15 @@ def paddleclas_normalization(name: str) -> tuple[tuple[float, ...], tuple[float,
 
 
 def list_backbones() -> str:
-    """One line per backbone: name, input size, patch, width x depth, heads, normalisation, and
+    """One line per backbone: name, input size, patch, width and depth, heads, normalisation, and
     the family options it switches on."""
     lines = []
     for family in FAMILIES:
         norm = NORMALISATION_WORDS[(family.mean, family.std)]
         for name, a in family.archs.items():
+            if not isinstance(a, ViTConfig):
+                lines.append(f"{name:40s} {describe_architecture(a)}; {norm}; PaddleClas {family.module}")
+                continue
             lines.append(f"{name:28s} {a.img_size}px patch {a.patch_size:2d}, width {a.embed_dim:4d} x depth "
                          f"{a.depth:2d}, {a.num_heads:2d} heads, epsilon {a.epsilon:g}; {norm}; "
                          f"PaddleClas {family.module}{family_words(a)}")

@@ -17,7 +17,7 @@ import paddle.nn as nn
 from ..errors import ConfigError
 from ..methods import applied_methods, get_method
 from ..models.paddleclas_archs import backbone_names, paddleclas_normalization, paddleclas_vit_config
-from ..models.vit import ViTConfig, VisionTransformer
+from ..models.build import Architecture, build_backbone, describe_architecture
 from .loading import load_run
 from .pretrained import SCHEME, is_paddleclas_ref, load_pretrained, paddleclas_name, paddleclas_weights
 
@@ -36,7 +36,7 @@ class Backbone:
     center_crop: bool = False  # the backbone run evaluated with resize_center_crop
 
     @property
-    def arch(self) -> ViTConfig:
+    def arch(self) -> Architecture:
         return self.model.config
 
     @property
@@ -51,8 +51,7 @@ class Backbone:
     def describe(self) -> str:
         a = self.arch
         carried = "".join(f", carries {get_method(name).modules or name}" for name in self.carried)
-        return (f"backbone {self.source}: ViT {a.img_size}px patch {a.patch_size}, width {a.embed_dim}, "
-                f"depth {a.depth}{carried}")
+        return f"backbone {self.source}: {describe_architecture(a)}{carried}"
 
 
 def is_paddleclas_backbone(spec: str | Path) -> bool:
@@ -108,7 +107,7 @@ def _paddleclas_backbone(name: str, weights_file: str | Path | None, img_size: i
     if arch.img_size < arch.patch_size:
         raise ConfigError(f"image size {arch.img_size} is smaller than patch size {arch.patch_size}")
     path = Path(weights_file).expanduser() if weights_file is not None else paddleclas_weights(name, log or print)
-    model = VisionTransformer(arch, class_num=0)
+    model = build_backbone(arch, 0)
     load_pretrained(model, path, log or (lambda line: None))
     model.eval()
     for param in model.parameters():

@@ -48,9 +48,12 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ..methods import added_parameter_names
 from ..models.paddleclas_archs import paddleclas_normalization, paddleclas_weights_url
+from ..models.swin import SwinConfig
 from .checkpoint import load_state_dict, load_weights
 from .layout import default_pretrained
 from .record import read_record, record_path
+from .resampling import resample_offset_grid, resize_matrix
+from .swin_weights import SWIN, adapt_swin_state_dict, checkpoint_family
 
 if TYPE_CHECKING:
     import paddle
@@ -202,46 +205,6 @@ def pretrained_normalization(value: str | None, path: str | Path | None, backbon
 
 # --- how the weights fit --------------------------------------------------------------
 
-def _cubic(t: np.ndarray, a: float) -> np.ndarray:
-    t = np.abs(t)
-    near = ((a + 2) * t - (a + 3)) * t * t + 1
-    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
-
-
-def _linear(t: np.ndarray) -> np.ndarray:
-    return np.maximum(0.0, 1.0 - np.abs(t))
-
-
-def resize_matrix(old: int, new: int, mode: str = "bicubic") -> np.ndarray:
-    """The ``new x old`` matrix of resizing a 1-D signal (float64); separable for 2-D.
-
-    Enlarging (or equal size) reproduces ``paddle.nn.functional.interpolate(mode,
-    align_corners=False)``; shrinking is antialiased like PIL / ``antialias=True``.
-    """
-    if mode not in ("bicubic", "bilinear"):
-        raise ValueError(f"mode must be 'bicubic' or 'bilinear', got {mode!r}")
-    if old < 1 or new < 1:
-        raise ValueError(f"sizes must be positive, got {old} -> {new}")
-    scale = old / new
-    mat = np.zeros((new, old))
-    if new >= old:
-        taps = np.arange(-1, 3) if mode == "bicubic" else np.arange(0, 2)
-        for i in range(new):
-            x = (i + 0.5) * scale - 0.5
-            x0 = math.floor(x)
-            for j in x0 + taps:
-                w = _cubic(np.array(x - j), -0.75) if mode == "bicubic" else _linear(np.array(x - j))
-                mat[i, min(max(j, 0), old - 1)] += float(w)
-    else:
-        j = np.arange(old) + 0.5
-        for i in range(new):
-            t = (j - (i + 0.5) * scale) / scale
-            w = _cubic(t, -0.5) if mode == "bicubic" else _linear(t)
-            mat[i] = w / w.sum()
-    return mat
-
-
 def resample_pos_embed(pos_embed: np.ndarray, new_grid: int, num_prefix_tokens: int = 1,
                        mode: str = "bicubic") -> np.ndarray:
     """Resample a ``[1, prefix + g*g, D]`` position embedding to a ``new_grid`` square grid.
@@ -299,10 +262,7 @@ def resample_rel_pos_table(table: np.ndarray, new_span: int, mode: str = "bicubi
         raise ValueError(f"relative position bias table must be [span**2 + 3, heads], got {list(t.shape)}")
     if span == new_span:
         return table
-    a = resize_matrix(span, new_span, mode)
-    grid = t[:-3].astype(np.float64).reshape(span, span, -1)
-    out = np.einsum("ij,jkh,lk->ilh", a, grid, a).reshape(new_span * new_span, -1)
-    return np.concatenate([out.astype(t.dtype), t[-3:]], axis=0)
+    return np.concatenate([resample_offset_grid(t[:-3], new_span, mode), t[-3:]], axis=0)
 
 
 def _adapt_rel_pos(out: dict, own: Mapping, notes: list[str]) -> None:
@@ -393,6 +353,10 @@ def vit_family(keys) -> tuple[str, str]:
 def check_same_family(state: Mapping, model) -> None:
     """One :class:`CheckpointError` line when a ViT checkpoint is of another family than ``model``
     (a CLIP state dict given to a BEiTv2 backbone, ...), before the key-by-key listing would."""
+    if checkpoint_family(state) == SWIN:
+        raise CheckpointError("the checkpoint is a Swin Transformer's (layers.N.blocks.M) but the model is a ViT "
+                              "(blocks.N): pass the Swin --backbone it was made for (SwinTransformer_...), or a "
+                              "ViT checkpoint")
     if not any(k.startswith("blocks.") for k in state):
         return  # not a ViT's state dict: load_weights says what does not fit
     have, why = vit_family(state)
@@ -400,6 +364,10 @@ def check_same_family(state: Mapping, model) -> None:
     if have != want:
         raise CheckpointError(f"the checkpoint is a {have} ({why}) but the model is a {want} ({how}); "
                               f"pass the --backbone the checkpoint was made for, or a {want} checkpoint")
+
+
+def _is_swin_model(model) -> bool:
+    return isinstance(getattr(model, "config", None), SwinConfig)
 
 
 def load_pretrained(model: paddle.nn.Layer, path: str | Path,
@@ -410,8 +378,11 @@ def load_pretrained(model: paddle.nn.Layer, path: str | Path,
     position embedding and patch kernel are resampled to the model's patch grid and patch
     size where they differ (:func:`ppadapt.runs.pretrained.adapt_state_dict`)."""
     state = load_state_dict(str(path))
-    check_same_family(state, model)
-    state, notes = adapt_state_dict(state, model)
+    if _is_swin_model(model):
+        state, notes = adapt_swin_state_dict(state, model)
+    else:
+        check_same_family(state, model)
+        state, notes = adapt_state_dict(state, model)
     for note in notes:
         (log or print)(note)
     added = added_parameter_names(model)

@@ -16,15 +16,12 @@ in one line naming both, rather than as a list of missing and unexpected keys.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..methods import added_parameter_names
-from .checkpoint import load_state_dict, load_weights
-from .pretrained import resize_matrix
+from .resampling import resample_offset_grid
 
 TABLE = "relative_position_bias_table"
 INDEX = "relative_position_index"
@@ -51,13 +48,7 @@ def resample_relative_position_bias(table: np.ndarray, window: int) -> np.ndarra
     side = math.isqrt(rows)
     if side * side != rows or side % 2 == 0:
         raise ValueError(f"a relative position bias table of {rows} rows is not a (2W-1)^2 grid of offsets")
-    new = 2 * window - 1
-    if new == side:
-        return table
-    a = resize_matrix(side, new, "bicubic")
-    grid = np.asarray(table, dtype=np.float64).reshape(side, side, heads)
-    out = np.einsum("ij,jkh,lk->ilh", a, grid, a).reshape(new * new, heads)
-    return out.astype(np.asarray(table).dtype)
+    return resample_offset_grid(table, 2 * window - 1)
 
 
 def _numpy(value) -> np.ndarray:
@@ -96,14 +87,3 @@ def adapt_swin_state_dict(state: Mapping, model) -> tuple[dict, list[str]]:
         notes.append(f"resampled {TABLE} from window {math.isqrt(old) // 2 + 1} to {math.isqrt(new) // 2 + 1} "
                      "(bicubic over the grid of relative offsets, per head)")
     return out, notes
-
-
-def load_swin_pretrained(model, path: str | Path, log: Callable[[str], None] | None = None) -> list[str]:
-    """Load a Swin backbone checkpoint for transfer, as
-    :func:`ppadapt.runs.pretrained.load_pretrained` does a ViT's: the head is always new, modules
-    that methods attached may be absent, anything else must fit after :func:`adapt_swin_state_dict`."""
-    state, notes = adapt_swin_state_dict(load_state_dict(str(path)), model)
-    for note in notes:
-        (log or print)(note)
-    added = added_parameter_names(model)
-    return load_weights(model, state, skip=lambda k: k.startswith("head."), allow_missing=added.__contains__)

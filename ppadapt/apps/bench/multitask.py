@@ -31,7 +31,7 @@ import numpy as np
 import paddle
 
 from ...methods import METHODS, applied_methods, get_method
-from ...models.vit import ViTConfig, VisionTransformer
+from ...models.build import Architecture, build_backbone
 from ...runs.backbone import Backbone
 from ...runs.checkpoint import load_weights
 from ...runs.tasks import TaskFile
@@ -46,13 +46,13 @@ DEFAULT_METHODS = tuple(name for name in METHODS if name != "full")  # every met
 MIXES = (2, 5, 20)  # tasks in a mixed batch
 
 
-def random_backbone(arch: ViTConfig, seed: int = 0) -> dict:
+def random_backbone(arch: Architecture, seed: int = 0) -> dict:
     """A plain ViT's tensors (no head) as numpy arrays."""
     paddle.seed(seed)
-    return {k: v.numpy() for k, v in VisionTransformer(arch, class_num=0).state_dict().items()}
+    return {k: v.numpy() for k, v in build_backbone(arch, 0).state_dict().items()}
 
 
-def random_tasks(arch: ViTConfig, count: int, methods: Sequence[str], classes: int,
+def random_tasks(arch: Architecture, count: int, methods: Sequence[str], classes: int,
                  options: dict[str, dict] | None = None, seed: int = 0) -> list[TaskFile]:
     """``count`` adapters, the methods cycled, with random tensors of the right shapes."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def random_tasks(arch: ViTConfig, count: int, methods: Sequence[str], classes: i
     for i in range(count):
         name = methods[i % len(methods)]
         tuner = get_method(name)
-        model = VisionTransformer(arch, class_num=classes)
+        model = build_backbone(arch, classes)
         tuner.apply_to(model, **(options or {}).get(name, {}))
         tensors = {k: (v.numpy() + rng.normal(0, 0.02, v.shape)).astype(v.numpy().dtype)
                    for k, v in model.state_dict().items() if tuner.is_trainable(k)}
@@ -72,9 +72,9 @@ def random_tasks(arch: ViTConfig, count: int, methods: Sequence[str], classes: i
     return out
 
 
-def full_model(arch: ViTConfig, backbone: dict, task: TaskFile) -> VisionTransformer:
+def full_model(arch: Architecture, backbone: dict, task: TaskFile) -> "paddle.nn.Layer":
     """One task as its own full model: the backbone's tensors copied, its method applied."""
-    model = VisionTransformer(arch, class_num=task.num_classes)
+    model = build_backbone(arch, task.num_classes)
     tuner = get_method(task.method)
     tuner.apply(model, MultiTaskModel._config(task.method, task.options, "bench"))
     load_weights(model, {**backbone, **task.tensors})
@@ -84,8 +84,8 @@ def full_model(arch: ViTConfig, backbone: dict, task: TaskFile) -> VisionTransfo
     return model
 
 
-def shared_model(arch: ViTConfig, backbone: dict, tasks: Sequence[TaskFile]) -> MultiTaskModel:
-    model = VisionTransformer(arch, class_num=0)
+def shared_model(arch: Architecture, backbone: dict, tasks: Sequence[TaskFile]) -> MultiTaskModel:
+    model = build_backbone(arch, 0)
     load_weights(model, backbone)
     model.eval()
     for param in model.parameters():
@@ -112,7 +112,7 @@ def _increase(now: tuple[int, int | None], base: tuple[int, int | None]) -> dict
             "tensor_bytes": None if now[1] is None or base[1] is None else now[1] - base[1]}
 
 
-def measure_memory(arch: ViTConfig, backbone: dict, tasks: Sequence[TaskFile], counts: Sequence[int],
+def measure_memory(arch: Architecture, backbone: dict, tasks: Sequence[TaskFile], counts: Sequence[int],
                    batch: np.ndarray, log: Callable[[str], None]) -> list[dict]:
     """Per task count: the increases of the shared and the separate setting (see the module doc)."""
     warm = full_model(arch, backbone, tasks[0])  # the first forward's one-time allocations, before any baseline
@@ -179,7 +179,7 @@ def _timed(fn: Callable[[], object], steps: int, warmup: int) -> dict:
     return summarize(samples)
 
 
-def measure_throughput(arch: ViTConfig, backbone: dict, tasks: Sequence[TaskFile], served: MultiTaskModel,
+def measure_throughput(arch: Architecture, backbone: dict, tasks: Sequence[TaskFile], served: MultiTaskModel,
                        batch: np.ndarray, steps: int, warmup: int, log: Callable[[str], None]) -> dict:
     """Images/s: per method, single-task batches shared and as the task's own model; mixed batches."""
     size = len(batch)
@@ -207,7 +207,7 @@ def measure_throughput(arch: ViTConfig, backbone: dict, tasks: Sequence[TaskFile
     return {"per_method": per_method, "mixed": mixed}
 
 
-def bench_multitask(arch: ViTConfig, *, counts: Sequence[int] = DEFAULT_TASKS,
+def bench_multitask(arch: Architecture, *, counts: Sequence[int] = DEFAULT_TASKS,
                     methods: Sequence[str] = DEFAULT_METHODS, options: dict[str, dict] | None = None,
                     classes: int = 10, batch_size: int = 32, steps: int = 10, warmup: int = 2,
                     log: Callable[[str], None] = lambda line: None) -> dict:
