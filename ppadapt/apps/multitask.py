@@ -324,7 +324,7 @@ class MultiTaskModel:
         tuner = get_method(file.method)
         carried = file.method in self._carried
         cfg = self._config(file.method, file.options, where)
-        head = make_head(file.head_kind, "default", self.backbone.arch.embed_dim, file.num_classes)
+        head = make_head(file.head_kind, "default", self.backbone.model.num_features, file.num_classes)
         before = set(self._tensors)
         applied = False
         try:

@@ -65,15 +65,20 @@ GEOMETRY = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_hea
 # The ViT-family options are recorded only where they are not a plain ViT's (a plain backbone's
 # adapter_config.json is as it always was), and a geometry that does not record one has the plain value.
 FAMILY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in FAMILY_OPTIONS}
-FIT = ("embed_dim", "depth", "patch_size", "num_heads", "mlp_ratio", "qkv_bias", "in_chans", *FAMILY_OPTIONS)
+# A Swin's geometry also records its arch, stage depths and window (a ViT's leaves them out).
+ARCH_DEFAULTS = {"arch": "vit", "depths": None, "window_size": None}
+FIT = ("arch", "embed_dim", "depth", "depths", "window_size", "patch_size", "num_heads", "mlp_ratio", "qkv_bias",
+       "in_chans", *FAMILY_OPTIONS)
 # The words an error uses for each GEOMETRY key.
 GEOMETRY_WORDS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch", "img_size": "image size",
                   "num_heads": "heads", "mlp_ratio": "MLP ratio", "qkv_bias": "qkv bias",
                   "in_chans": "input channels", "epsilon": "LayerNorm epsilon",
                   "abs_pos_embed": "absolute position embedding", "rel_pos_bias": "relative position bias",
                   "layer_scale": "layer scale", "pre_norm": "ln_pre", "act": "activation", "pool": "pooling",
-                  "fc_norm": "fc_norm", "output_dim": "output projection"}
+                  "fc_norm": "fc_norm", "output_dim": "output projection", "arch": "architecture",
+                  "depths": "depths", "window_size": "window"}
 _WORDS = {k: GEOMETRY_WORDS[k] for k in ("embed_dim", "depth", "patch_size")}
+_SWIN_WORDS = {k: GEOMETRY_WORDS[k] for k in ("embed_dim", "depths", "window_size", "patch_size")}
 _REQUIRED = {"method": str, "options": dict, "methods": dict, "backbone": dict}
 _AGAIN = "copy the whole adapter folder again from where it was made"
 
@@ -96,8 +101,14 @@ def _architecture(model_or_arch: Any) -> dict:
 
 
 def backbone_geometry(model_or_arch: Any) -> dict:
-    """The :data:`GEOMETRY` of a model, ViTConfig or model-section dict (keys it lacks are left out)."""
+    """The :data:`GEOMETRY` of a model, ViTConfig / SwinConfig or model-section dict (keys it lacks
+    are left out); a Swin's adds ``arch``, ``depths`` and ``window_size``, with ``num_heads`` per stage."""
     arch = _architecture(model_or_arch)
+    if arch.get("depths") is not None:  # a SwinConfig, or a model section with arch: swin
+        heads = arch.get("stage_heads") or arch.get("num_heads")
+        shared = {k: arch[k] for k in GEOMETRY if k in arch and k not in ("depth", "num_heads")}
+        return {**shared, "arch": "swin", "depths": list(arch["depths"]), "num_heads": list(heads),
+                "window_size": arch["window_size"]}
     family = {k: arch[k] for k in FAMILY_OPTIONS if k in arch and arch[k] != FAMILY_DEFAULTS[k]}
     return {**{k: arch[k] for k in GEOMETRY if k in arch}, **family}
 
@@ -284,9 +295,18 @@ def _fill_from_record(meta: dict, run_dir: Path) -> None:
             meta.setdefault("base_model", transfer["pretrained"])
 
 
+def _family(geometry: Mapping[str, Any]) -> str:
+    return "Swin Transformer" if geometry.get("arch") == "swin" else "ViT"
+
+
 def _describe(geometry: Mapping[str, Any], extra: list[str]) -> str:
-    words = [f"{_WORDS[k]} {geometry.get(k, '?')}" for k in ("embed_dim", "depth", "patch_size")]
-    return ", ".join(words + [f"{k} {geometry.get(k, FAMILY_DEFAULTS.get(k, '?'))}" for k in extra])
+    """``"width 768, depth 12, patch 16"`` (a Swin's: ``"width 96, depths [2, 2, 6, 2], window 7,
+    patch 4"``), with the ``extra`` keys' values."""
+    names = _SWIN_WORDS if geometry.get("arch") == "swin" else _WORDS
+    words = [f"{names[k]} {geometry.get(k, '?')}" for k in names]
+    extra = [k for k in extra if k not in names and k != "arch"]
+    defaults = {**FAMILY_DEFAULTS, **ARCH_DEFAULTS}
+    return ", ".join(words + [f"{k} {geometry.get(k, defaults.get(k, '?'))}" for k in extra])
 
 
 def geometry_differences(have: Mapping[str, Any], want: Mapping[str, Any],
@@ -296,14 +316,16 @@ def geometry_differences(have: Mapping[str, Any], want: Mapping[str, Any],
     recorded geometries leave out only at its plain-ViT value. ``layer_scale`` compares only
     whether there is one (its value is an init). The one test of "same backbone" for every caller."""
     recorded = "embed_dim" in have and "embed_dim" in want
-    have = {**FAMILY_DEFAULTS, **have} if recorded else have
-    want = {**FAMILY_DEFAULTS, **want} if recorded else want
+    have = {**FAMILY_DEFAULTS, **ARCH_DEFAULTS, **have} if recorded else have
+    want = {**FAMILY_DEFAULTS, **ARCH_DEFAULTS, **want} if recorded else want
 
     def same(key: str) -> bool:
         a, b = have[key], want[key]
         if key == "layer_scale":
             return (a is None) == (b is None)
-        return float(a) == float(b) if key in ("mlp_ratio", "epsilon") else a == b
+        if key in ("mlp_ratio", "epsilon"):
+            return float(a) == float(b)
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
     return [k for k in keys if k in have and k in want and not same(k)]
 
 
@@ -323,8 +345,10 @@ def check_adapter_fits(meta: Mapping[str, Any], model_or_arch: Any, path: str | 
         return
     extra = [k for k in differ if k not in _WORDS]
     name = f"adapter {path}" if path is not None else "the adapter"
-    raise CheckpointError(f"{name} was trained on a ViT of {_describe(have, extra)}; this backbone has "
-                          f"{_describe(want, extra)}: load it onto the backbone it was trained on (its "
+    theirs, ours = _family(have), _family(want)
+    this = f"has {_describe(want, extra)}" if theirs == ours else f"is a {ours} of {_describe(want, extra)}"
+    raise CheckpointError(f"{name} was trained on a {theirs} of {_describe(have, extra)}; this backbone "
+                          f"{this}: load it onto the backbone it was trained on (its "
                           f"{CONFIG_FILE} says which: backbone, base_model), or train an adapter for this one")
 
 

@@ -16,7 +16,7 @@ from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
 from .runner import ORDERS, Log, add_gemm_share, benchmark, quiet, real_batches
 from .multitask import DEFAULT_METHODS as MT_METHODS, DEFAULT_TASKS as MT_TASKS, bench_multitask, format_multitask
-from .tables import format_report
+from .tables import format_report, model_words
 
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.yaml"
 DEFAULT_METHODS = ("full", method_of_flag(FREEZE).name)  # the tutorial's comparison: full vs --freeze
@@ -174,8 +174,7 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
     info["loadavg_after"] = loadavg()
     m = cfg.model
     setup = {"config": _display_path(args.config), "overrides": list(args.override),
-             "model": f"ViT dim {m.embed_dim}, depth {m.depth}, heads {m.num_heads}, patch {m.patch_size}, "
-                      f"img {m.img_size}" + "".join(f", {get_method(name).modules}" for name in m.carry),
+             "model": model_words(m.architecture()) + "".join(f", {get_method(name).modules}" for name in m.carry),
              "input": f"real images from {args.data_file}" if args.data_file else "random input",
              "batch_size": rows[0]["batch_size"], "classes": classes, "steps": args.steps,
              "warmup": args.warmup, "order": args.order, "data_s_per_batch": data_s,

@@ -39,7 +39,7 @@ from ...utils.formatting import size_in
 from ..multitask import MultiTaskModel
 from .probes import _status_kib, _tensor_stat, machine_info, malloc_trim
 from .stats import rate, summarize
-from .tables import _table
+from .tables import _table, model_words
 
 DEFAULT_TASKS = (1, 5, 20)
 DEFAULT_METHODS = tuple(name for name in METHODS if name != "full")  # every method that writes an adapter
@@ -224,8 +224,7 @@ def bench_multitask(arch: Architecture, *, counts: Sequence[int] = DEFAULT_TASKS
     throughput = measure_throughput(arch, backbone, tasks, served, batch, steps, warmup, log)
     backbone_bytes = sum(v.nbytes for v in backbone.values())
     return {"machine": machine_info(), "setup": {
-        "model": f"ViT dim {arch.embed_dim}, depth {arch.depth}, heads {arch.num_heads}, patch {arch.patch_size}, "
-                 f"img {arch.img_size}", "backbone_bytes": backbone_bytes, "methods": list(methods),
+        "model": model_words(arch), "backbone_bytes": backbone_bytes, "methods": list(methods),
         "counts": counts, "classes": classes, "batch_size": batch_size, "steps": steps, "warmup": warmup},
         "memory": memory, "switch": switch, "throughput": throughput}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ...models.build import Architecture, describe_architecture
+from ...models.swin import SwinConfig
 from ...utils.formatting import format_size, size_in
 
 
@@ -118,3 +120,10 @@ def recompute_table(rows: Sequence[dict]) -> list[str]:
                         table, right=set(range(1, 7))),
             "", "+rc: recompute: true (each block's activations recomputed in the backward); tensors: peak of "
                 "Paddle's allocator over build + warm-up; step +rc / w/o: median training step with over without."]
+
+
+def model_words(arch: Architecture) -> str:
+    """The benchmarked model in the setup line: a ViT's sizes, or a Swin's description."""
+    if isinstance(arch, SwinConfig):
+        return describe_architecture(arch)
+    return f"ViT dim {arch.embed_dim}, depth {arch.depth}, heads {arch.num_heads}, patch {arch.patch_size}, img {arch.img_size}"
