@@ -11,7 +11,7 @@ from ppadapt.errors import CheckpointError, ConfigError
 from ppadapt.methods import get_method
 from ppadapt.methods.adaptformer import AdaptFormerConfig
 from ppadapt.methods.lora import LoRAConfig
-from ppadapt.methods.trainable import count_parameters
+from ppadapt.methods.trainable import count_parameters, set_trainable
 from ppadapt.models import swin_archs
 from ppadapt.models.swin import SwinConfig, SwinTransformer
 from ppadapt.models.swin_archs import (build_swin, list_swin_backbones, swin_config, swin_names, swin_normalization,
@@ -319,3 +319,44 @@ def test_the_heads_of_the_vit_fit_swin():
     assert model(paddle.randn([2, 3, 32, 32])).shape == [2, 3]
     with pytest.raises(ValueError, match="unknown head 'mlp'"):
         tiny(head="mlp")
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "full"])
+def test_recompute_trains_a_swin_bit_identically(method, monkeypatch):
+    """Dropout (AdaptFormer's branch) and drop path on: the recomputed forward draws the same numbers."""
+    import paddle.distributed.fleet.utils as fleet_utils
+
+    calls = []
+    real = fleet_utils.recompute
+    monkeypatch.setattr(fleet_utils, "recompute", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def train(recompute: bool):
+        paddle.seed(0)
+        model = tiny(drop_path_rate=0.1)
+        spec = get_method(method)
+        if method != "full":
+            spec.apply_to(model)
+        set_trainable(model, spec.is_trainable)
+        model.recompute = recompute
+        model.train()
+        params = [p for p in model.parameters() if not p.stop_gradient]
+        opt = paddle.optimizer.Momentum(0.05, 0.9, parameters=params)
+        rng = np.random.default_rng(0)
+        paddle.seed(123)
+        grads = None
+        for _ in range(2):
+            x = paddle.to_tensor(rng.standard_normal((2, 3, 32, 32)).astype("float32"))
+            y = paddle.to_tensor(rng.integers(0, 5, (2, 1)).astype("int64"))
+            paddle.nn.functional.cross_entropy(model(x), y).backward()
+            grads = grads or {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+            opt.step()
+            opt.clear_grad()
+        return grads, {n: p.numpy() for n, p in model.named_parameters()}
+
+    grads, weights = train(False)
+    assert not calls
+    grads_rc, weights_rc = train(True)
+    assert len(calls) == 2 * sum(TINY["depths"])  # every block, in both steps
+    assert grads and grads.keys() == grads_rc.keys()
+    assert all(np.array_equal(grads[n], grads_rc[n]) for n in grads)
+    assert all(np.array_equal(weights[n], weights_rc[n]) for n in weights)

@@ -46,12 +46,13 @@ def needs_backward(block: nn.Layer, x: paddle.Tensor) -> bool:
     return not x.stop_gradient or any(not p.stop_gradient for p in block.parameters())
 
 
-def run_block(block: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
-    """``block(x)``, its activations recomputed in the backward. A block no backward goes
-    through (everything before and in it frozen, e.g. the linear probe) just runs."""
+def run_block(block: nn.Layer, x: paddle.Tensor, *args) -> paddle.Tensor:
+    """``block(x, *args)``, its activations recomputed in the backward (``args``: inputs that are
+    no tensors, e.g. a Swin block's map size). A block no backward goes through (everything
+    before and in it frozen, e.g. the linear probe) just runs."""
     if not needs_backward(block, x):
-        return block(x)
+        return block(x, *args)
     from paddle.distributed.fleet.utils import recompute
 
     _install_filter()
-    return recompute(block, x, use_reentrant=False, preserve_rng_state=True)
+    return recompute(block, x, *args, use_reentrant=False, preserve_rng_state=True)

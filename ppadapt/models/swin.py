@@ -32,6 +32,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
 from .fast_layers import Dropout, LayerNorm, Linear
+from .recompute import run_block
 from .vit import DropPath, Mlp, check_head, make_head
 
 _trunc_normal = TruncatedNormal(std=0.02)
@@ -266,9 +267,10 @@ class BasicLayer(nn.Layer):
             for i in range(depth)])
         self.downsample = PatchMerging(dim, cfg.epsilon) if downsample else None
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> tuple[paddle.Tensor, tuple[int, int]]:
+    def forward(self, x: paddle.Tensor, size: tuple[int, int],
+                recompute: bool = False) -> tuple[paddle.Tensor, tuple[int, int]]:
         for block in self.blocks:
-            x = block(x, size)
+            x = run_block(block, x, size) if recompute else block(x, size)
         if self.downsample is not None:
             x = self.downsample(x, size)
             size = (size[0] // 2, size[1] // 2)
@@ -294,7 +296,7 @@ class SwinTransformer(nn.Layer):
     the config's kind: see :func:`~ppadapt.models.vit.make_head`) reads the average of the last
     stage's normed tokens. ``amp`` as on :class:`~ppadapt.models.vit.VisionTransformer`."""
 
-    recompute: bool = False  # not supported: Swin blocks take the map size as a second input
+    recompute: bool = False  # recompute each block's activations in the backward (models/recompute.py)
     amp: tuple[str, str] | None = None
 
     def __init__(self, config: SwinConfig | None = None, class_num: int = 1000, **overrides):
@@ -320,8 +322,9 @@ class SwinTransformer(nn.Layer):
         sizes = stage_sizes(self.config, x.shape[2], x.shape[3])
         x = self.pos_drop(self.patch_embed(x))
         size = sizes[0]
+        recompute = self.recompute and self.training and paddle.is_grad_enabled()
         for layer in self.layers:
-            x, size = layer(x, size)
+            x, size = layer(x, size, recompute)
         return self.norm(x).mean(axis=1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
