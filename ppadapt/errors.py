@@ -14,6 +14,12 @@ class ConfigError(PPAdaptError):
     """Unknown config key, wrong type or out-of-range value."""
 
 
+class MethodDoesNotFit(ConfigError, ValueError):
+    """A tuning method that cannot apply to this backbone, or merge into one of its layers (VPT on
+    a Swin, SSF's shift into a layer without a bias). A ``ValueError`` as well, like every other
+    refusal of a method's, so library callers catch it as before."""
+
+
 class DataError(PPAdaptError):
     """Missing, corrupt or unsuitable dataset."""
 

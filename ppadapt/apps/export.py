@@ -39,7 +39,7 @@ import yaml
 from paddle.static import InputSpec
 
 from ..data.transforms import center_crop_shorter_side
-from ..errors import ConfigError, PPAdaptError
+from ..errors import ConfigError, MethodDoesNotFit, PPAdaptError
 from ..methods import get_method
 from ..runs.loading import describe, load_run
 from ..utils.files import ensure_writable
@@ -130,11 +130,17 @@ def _probe(size: int) -> np.ndarray:
 
 
 def _merge(model: paddle.nn.Layer, method_name: str, log: Callable[[str], None]) -> list[str]:
-    """Fold a mergeable method into the backbone weights; the names of those merged."""
+    """Fold a mergeable method into the backbone weights; the names of those merged. A method
+    that cannot fold into this backbone (SSF's shift into a layer without a bias, as Swin's
+    patch merging has) stays in the graph, with one line that says so."""
     method = get_method(method_name)
     if method.merge is None:
         return []
-    method.merge(model)
+    try:
+        method.merge(model)
+    except MethodDoesNotFit as exc:
+        log(f"{method_name} stays unmerged, its layers in the graph: {exc}")
+        return []
     log(f"merged {method_name} into the backbone weights (none of its layers is left in the graph)")
     return [method_name]
 

@@ -36,6 +36,7 @@ import numpy as np
 import paddle.nn as nn
 from paddle.nn.initializer import Constant, Normal
 
+from ..errors import MethodDoesNotFit
 from .base import Tuner
 
 SUFFIX = "_ssf"
@@ -157,7 +158,7 @@ class SSFTuner(Tuner):
         """Only a fused qkv may lack the bias that takes the shift: the config can give it one
         (``qkv_bias``). Elsewhere (Swin's patch-merging ``reduction``) the architecture has none."""
         if layer.bias is None and not (isinstance(layer, nn.Linear) and target.endswith("attn.qkv")):
-            raise ValueError(f"cannot merge SSF: {target} has no bias to take the shift and its architecture has "
+            raise MethodDoesNotFit(f"cannot merge SSF: {target} has no bias to take the shift and its architecture has "
                              "none there; keep SSF unmerged (export without merging)")
 
     def fold(self, model, target, layer, ssf):

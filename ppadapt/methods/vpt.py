@@ -36,6 +36,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Uniform
 
+from ..errors import MethodDoesNotFit
 from .base import Tuner
 
 SUBLAYER = "vpt_prompts"
@@ -128,7 +129,7 @@ class VPTTuner(Tuner):
         """Prompts join one global token sequence after the class token; a model without one
         (Swin attends within local windows, which prompt tokens do not belong to) cannot take them."""
         if getattr(model, "cls_token", None) is None or not hasattr(model, "pos_drop"):
-            raise ValueError(f"VPT does not apply to {type(model).__name__}: its prompts join a ViT's global "
+            raise MethodDoesNotFit(f"VPT does not apply to {type(model).__name__}: its prompts join a ViT's global "
                              "token sequence after cls_token, which this model has not (Swin attends within "
                              "shifted local windows); choose adaptformer, lora, bitfit, ssf or linear")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models.build import describe_architecture
 from ..config import config_from_dict, transfer_method, validate
 from ..errors import CheckpointError, ConfigError
 from ..methods.build import apply_transfer_method, build_model
@@ -173,9 +174,8 @@ def rgb_triple(values: Any, what: str, prefix: str = "run.json's ") -> tuple[flo
 
 def describe(run: LoadedRun) -> str:
     """One line: what was loaded."""
-    m = run.config.model
-    return (f"loaded {run.weights} ({run.stage}, method {run.method}; ViT {m.img_size}px patch {m.patch_size}, "
-            f"width {m.embed_dim}, depth {m.depth}; {run.num_classes} classes)")
+    return (f"loaded {run.weights} ({run.stage}, method {run.method}; "
+            f"{describe_architecture(run.config.model.architecture())}; {run.num_classes} classes)")
 
 
 __all__ = ["LoadedRun", "REQUIRED", "RUN_RECORD", "WEIGHTS", "build_run_model", "config_from_record", "describe",
