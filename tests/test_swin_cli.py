@@ -10,6 +10,8 @@ checkpoint on a ViT (and the reverse) is one line naming both.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import paddle
 import pytest
@@ -121,3 +123,28 @@ def test_swin_backbones_are_listed(capsys):
     assert [line.split()[0] for line in lines] == backbone_names()
     tiny = next(line for line in lines if line.startswith(SWIN))
     assert "window 7, width 96, depths 2-2-6-2, heads 3-6-12-24" in tiny and "ImageNet mean/std" in tiny
+
+
+COUNTS = {  # without the head: full, linear, adaptformer (64), lora (rank 8, q and v), bitfit; adaptformer dim//12
+    "SwinTransformer_tiny_patch4_window7_224": (27_519_354, 0, 570_432, 141_312, 52_224, 364_208),
+    "SwinTransformer_small_patch4_window7_224": (48_837_258, 0, 1_165_632, 288_768, 102_912, 664_112),
+    "SwinTransformer_base_patch4_window7_224": (86_743_224, 0, 1_553_664, 385_024, 137_216, 1_161_948),
+}
+
+
+@pytest.mark.parametrize("name", COUNTS)
+def test_trainable_counts_at_full_size_are_the_readmes(name, capsys):
+    """What ``transfer.py --backbone NAME --method M --dry-run`` prints, and the README's row."""
+    printed = []
+    for method, extra in (("full", []), ("linear", []), ("adaptformer", []), ("lora", []), ("bitfit", []),
+                          ("adaptformer", ["-o", "method.bottleneck=dim//12"])):
+        argv = ["--backbone", name, "--method", method, "--dry-run", "--pretrained", "none", *extra]
+        assert transfer_main(argv) == 0
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("trainable parameters:"))
+        printed.append(int(re.search(r"; ([\d,]+) without the head", line).group(1).replace(",", "")))
+    assert tuple(printed) == COUNTS[name]
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = re.search(rf"^\| `{name}` \|(.*)\|\s*$", text, re.M)
+    assert row, f"README has no row for {name}"
+    assert [int(c.strip().replace(",", "")) for c in row.group(1).split("|")] == list(COUNTS[name][:5])
+    assert f"{COUNTS[name][5]:,}" in text  # the dim//12 count beside the table
