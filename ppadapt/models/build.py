@@ -5,9 +5,6 @@ through :func:`build_backbone`, so a new family is added here and in its ``*_arc
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
-
 import paddle.nn as nn
 
 from .swin import SwinConfig, SwinTransformer
@@ -23,12 +20,6 @@ def build_backbone(arch: Architecture, class_num: int) -> nn.Layer:
     return VisionTransformer(arch, class_num=class_num)
 
 
-def family_name(model_or_arch: Any) -> str:
-    """``"Swin Transformer"`` or ``"ViT"``: the words errors use for a model's family."""
-    arch = getattr(model_or_arch, "config", model_or_arch)
-    return "Swin Transformer" if isinstance(arch, SwinConfig) else "ViT"
-
-
 def describe_architecture(arch: Architecture) -> str:
     """``"ViT 224px patch 16, width 768, depth 12"`` / ``"Swin Transformer 224px patch 4, window 7,
     width 96, depths 2-2-6-2, heads 3-6-12-24"``: an architecture in the words messages use."""
@@ -36,14 +27,3 @@ def describe_architecture(arch: Architecture) -> str:
         return (f"Swin Transformer {arch.img_size}px patch {arch.patch_size}, window {arch.window_size}, width "
                 f"{arch.embed_dim}, depths {'-'.join(map(str, arch.depths))}, heads {'-'.join(map(str, arch.num_heads))}")
     return f"ViT {arch.img_size}px patch {arch.patch_size}, width {arch.embed_dim}, depth {arch.depth}"
-
-
-def architecture_from_dict(values: Mapping[str, Any]) -> Architecture:
-    """The architecture a run's recorded model section (or an adapter's) describes."""
-    if values.get("arch") == "swin":
-        names = {f.name for f in dataclasses.fields(SwinConfig)}
-        shared = {k: v for k, v in values.items() if k in names and k not in ("depths", "num_heads")}
-        return SwinConfig(**shared, depths=tuple(values["depths"]), num_heads=tuple(values["stage_heads"]),
-                          window_size=values["window_size"])
-    names = {f.name for f in dataclasses.fields(ViTConfig)}
-    return ViTConfig(**{k: v for k, v in values.items() if k in names})
