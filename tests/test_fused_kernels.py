@@ -200,3 +200,30 @@ def test_no_compiler_means_no_kernels_and_one_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     assert build.load(tmp_path) is None
     assert build.failure(tmp_path) == "no C++ compiler found (install g++)"
+
+
+def test_the_residual_add_is_paddles_add_and_passes_the_gradient_through():
+    rng = np.random.default_rng(5)
+    a_np, b_np = (rng.standard_normal((3, 5, 8)).astype("float32") for _ in range(2))
+    a, b = paddle.to_tensor(a_np, stop_gradient=False), paddle.to_tensor(b_np, stop_gradient=True)
+    out = fused.add(a, b)
+    assert np.array_equal(out.numpy(), (paddle.to_tensor(a_np) + paddle.to_tensor(b_np)).numpy())
+    up = rng.standard_normal(a_np.shape).astype("float32")
+    (out * paddle.to_tensor(up)).sum().backward()
+    assert np.array_equal(a.grad.numpy(), up) and b.grad is None
+
+
+def test_relu_and_dropout_in_one_pass():
+    rng = np.random.default_rng(6)
+    x_np = rng.standard_normal((300, 400)).astype("float32")
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    assert np.array_equal(fused.relu_dropout(x, 0.0).numpy(), np.maximum(x_np, 0))
+    paddle.seed(9)
+    y = fused.relu_dropout(x, 0.25)
+    kept = y.numpy() != 0
+    positive = x_np > 0
+    assert not kept[~positive].any()
+    assert abs(kept[positive].mean() - 0.75) < 0.01
+    np.testing.assert_allclose(y.numpy()[kept], x_np[kept] / 0.75, rtol=1e-6)
+    (grad,) = paddle.grad(y, x, paddle.ones_like(y))
+    np.testing.assert_allclose(grad.numpy(), np.where(kept, 1 / 0.75, 0.0), rtol=1e-6)

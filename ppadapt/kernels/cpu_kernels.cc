@@ -1,11 +1,12 @@
-// ppadapt's fused float32 CPU kernels (model.layers: fused): GELU, softmax with a scale and
-// LayerNorm, forward and backward, each one pass over memory on Paddle's OpenMP threads.
-// Paddle's own CPU kernels for these run on one thread and in several passes. Results agree
+// ppadapt's fused float32 CPU kernels (model.layers: fused): GELU, softmax with a scale,
+// LayerNorm, dropout (alone or after a ReLU), residual adds and the moves of q/k/v into heads,
+// forward and backward, each one pass over memory on Paddle's OpenMP threads. Paddle's own
+// CPU kernels for these run on one thread and in several passes. Results agree
 // with Paddle's within float tolerance; reductions use a fixed partition of the rows, so they
 // do not depend on the number of threads.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -272,15 +273,27 @@ inline uint32_t mix32(uint32_t h) {  // a 32-bit integer finaliser with good ava
 
 // Inverted dropout whose mask is a hash of (seed, element index): the backward rebuilds the
 // mask instead of storing it, any thread split gives the same mask, and the seed is drawn from
-// Paddle's generator, so paddle.seed and recompute's saved RNG state reproduce it.
-void dropout_apply(const float* in, float* out, int64_t n, int64_t seed, float p) {
+// Paddle's generator, so paddle.seed and recompute's saved RNG state reproduce it. With
+// ``relu_of`` (the forward's input) the element also needs relu_of > 0: ReLU and dropout in one
+// pass (forward: in == relu_of; backward: in is the output's gradient).
+void dropout_apply(const float* in, const float* relu_of, float* out, int64_t n, int64_t seed, float p) {
   const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
   const uint32_t s1 = static_cast<uint32_t>(seed), s2 = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
   const float keep_scale = 1.0f / (1.0f - p);
   for_blocks(n, [=](int, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ s1) + s2 + static_cast<uint32_t>(i >> 32));
-      out[i] = h >= threshold ? in[i] * keep_scale : 0.0f;
+    // two loops without a branch on relu_of inside, so that both vectorise
+    if (relu_of == nullptr) {
+      for (int64_t i = begin; i < end; ++i) {
+        const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ s1) + s2 + static_cast<uint32_t>(i >> 32));
+        const float v = in[i] * keep_scale;  // read unconditionally: a conditional load does not vectorise
+        out[i] = h >= threshold ? v : 0.0f;
+      }
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ s1) + s2 + static_cast<uint32_t>(i >> 32));
+        const float v = in[i] * keep_scale;
+        out[i] = (h >= threshold) & (relu_of[i] > 0.0f) ? v : 0.0f;
+      }
     }
   });
 }
@@ -327,15 +340,45 @@ paddle::Tensor cpu_empty(const std::vector<int64_t>& shape) {
 std::vector<paddle::Tensor> DropoutForward(const paddle::Tensor& x, int64_t seed, float p) {
   check(x, "x");
   auto y = paddle::empty_like(x);
-  dropout_apply(x.data<float>(), y.data<float>(), x.numel(), seed, p);
+  dropout_apply(x.data<float>(), nullptr, y.data<float>(), x.numel(), seed, p);
   return {y};
 }
 
 std::vector<paddle::Tensor> DropoutBackward(const paddle::Tensor& dy, int64_t seed, float p) {
   check(dy, "dy");
   auto dx = paddle::empty_like(dy);
-  dropout_apply(dy.data<float>(), dx.data<float>(), dy.numel(), seed, p);
+  dropout_apply(dy.data<float>(), nullptr, dx.data<float>(), dy.numel(), seed, p);
   return {dx};
+}
+
+std::vector<paddle::Tensor> ReluDropoutForward(const paddle::Tensor& x, int64_t seed, float p) {
+  check(x, "x");
+  auto y = paddle::empty_like(x);
+  dropout_apply(x.data<float>(), x.data<float>(), y.data<float>(), x.numel(), seed, p);
+  return {y};
+}
+
+std::vector<paddle::Tensor> ReluDropoutBackward(const paddle::Tensor& x, const paddle::Tensor& dy, int64_t seed,
+                                                float p) {
+  check(dy, "dy");
+  auto dx = paddle::empty_like(dy);
+  dropout_apply(dy.data<float>(), x.data<float>(), dx.data<float>(), dy.numel(), seed, p);
+  return {dx};
+}
+
+// a + b of one shape (a residual connection): the same values as Paddle's add, on all threads.
+std::vector<paddle::Tensor> AddForward(const paddle::Tensor& a, const paddle::Tensor& b) {
+  check(a, "a");
+  check(b, "b");
+  PD_CHECK(a.numel() == b.numel(), "a and b must have one shape");
+  auto out = paddle::empty_like(a);
+  const float* as = a.data<float>();
+  const float* bs = b.data<float>();
+  float* os = out.data<float>();
+  for_blocks(a.numel(), [=](int, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) os[i] = as[i] + bs[i];
+  });
+  return {out};
 }
 
 std::vector<paddle::Tensor> SplitHeads(const paddle::Tensor& qkv, int64_t heads) {
@@ -394,3 +437,8 @@ PD_BUILD_OP(ppadapt_merge_heads).Inputs({"Q", "K", "V"}).Outputs({"QKV"}).SetKer
 PD_BUILD_OP(ppadapt_heads_to_tokens).Inputs({"X"}).Outputs({"Y"}).SetKernelFn(PD_KERNEL(HeadsToTokens));
 PD_BUILD_OP(ppadapt_tokens_to_heads).Inputs({"X"}).Outputs({"Y"}).Attrs({"heads: int64_t"})
     .SetKernelFn(PD_KERNEL(TokensToHeads));
+PD_BUILD_OP(ppadapt_relu_dropout_fwd).Inputs({"X"}).Outputs({"Y"}).Attrs({"seed: int64_t", "p: float"})
+    .SetKernelFn(PD_KERNEL(ReluDropoutForward));
+PD_BUILD_OP(ppadapt_relu_dropout_bwd).Inputs({"X", "DY"}).Outputs({"DX"}).Attrs({"seed: int64_t", "p: float"})
+    .SetKernelFn(PD_KERNEL(ReluDropoutBackward));
+PD_BUILD_OP(ppadapt_add).Inputs({"A", "B"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(AddForward));

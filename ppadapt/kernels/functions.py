@@ -95,6 +95,12 @@ def layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, eps
     return kernels().ppadapt_layer_norm_fwd(x, weight, bias, float(epsilon))[0]
 
 
+def _seed() -> int:
+    """A 62-bit seed for one dropout mask, from Paddle's generator."""
+    high, low = (int(v) for v in paddle.randint(0, 2 ** 31 - 1, [2], dtype="int64").numpy())
+    return (high << 31) | low
+
+
 class _Dropout(PyLayer):
     @staticmethod
     def forward(ctx, x, seed, p):
@@ -110,8 +116,7 @@ def dropout(x: paddle.Tensor, p: float) -> paddle.Tensor:
     """Inverted dropout (``upscale_in_train``) of a float32 CPU tensor while training. Its mask
     comes from a seed drawn from Paddle's generator (so ``paddle.seed`` reproduces it), but it
     is not the mask Paddle's dropout would draw."""
-    high, low = (int(v) for v in paddle.randint(0, 2 ** 31 - 1, [2], dtype="int64").numpy())
-    seed = (high << 31) | low
+    seed = _seed()
     x = _dense(x)
     return _Dropout.apply(x, seed, float(p)) if _tracks(x) else kernels().ppadapt_dropout_fwd(x, seed, float(p))
 
@@ -156,3 +161,41 @@ def heads_to_tokens(x: paddle.Tensor) -> paddle.Tensor:
     """``[B, H, N, D]`` as ``[B, N, H * D]`` (``transpose([0, 2, 1, 3])`` and ``reshape``, in one pass)."""
     x = _dense(x)
     return _HeadsToTokens.apply(x) if _tracks(x) else kernels().ppadapt_heads_to_tokens(x)
+
+
+class _ReluDropout(PyLayer):
+    @staticmethod
+    def forward(ctx, x, seed, p):
+        ctx.save_for_backward(x)
+        ctx.seed, ctx.p = seed, p
+        return kernels().ppadapt_relu_dropout_fwd(x, seed, p)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensor()
+        return kernels().ppadapt_relu_dropout_bwd(x, _dense(dy), ctx.seed, ctx.p)
+
+
+def relu_dropout(x: paddle.Tensor, p: float) -> paddle.Tensor:
+    """``dropout(relu(x), p)`` in one pass (AdaptFormer's branch), with :func:`dropout`'s mask;
+    ``p = 0``: the ReLU alone."""
+    seed = _seed() if p > 0 else 0
+    x = _dense(x)
+    return _ReluDropout.apply(x, seed, float(p)) if _tracks(x) else kernels().ppadapt_relu_dropout_fwd(x, seed, float(p))
+
+
+class _Add(PyLayer):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.needs = (not a.stop_gradient, not b.stop_gradient)
+        return kernels().ppadapt_add(a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return tuple(dy if need else None for need in ctx.needs)
+
+
+def add(a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+    """``a + b`` for two float32 CPU tensors of one shape (the same values as Paddle's add)."""
+    a, b = _dense(a), _dense(b)
+    return _Add.apply(a, b) if _tracks(a, b) else kernels().ppadapt_add(a, b)

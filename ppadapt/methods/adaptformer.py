@@ -23,7 +23,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, KaimingUniform, TruncatedNormal
 
-from ..models.fast_layers import Dropout, Linear
+from ..kernels import functions as fused
+from ..models.fast_layers import Dropout, Linear, Switchable, residual_add, runs_fused
 from .base import Tuner
 from .targets import block_width, transformer_blocks
 
@@ -92,8 +93,10 @@ class AdaptFormerConfig:
         return size
 
 
-class Adapter(nn.Layer):
-    """The bottleneck branch: [LN] -> down -> ReLU -> dropout -> up -> * scale -> [LN]."""
+class Adapter(Switchable, nn.Layer):
+    """The bottleneck branch: [LN] -> down -> ReLU -> dropout -> up -> * scale -> [LN]. On the
+    ``fused`` layer path ReLU and dropout are one C++ pass, and the branch joins the MLP's output
+    through the fused add."""
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1,
                  learnable_scale: bool = False, layernorm: str = "none",
@@ -124,8 +127,10 @@ class Adapter(nn.Layer):
     def forward(self, x):
         if self.layernorm == "in":
             x = self.adapter_layer_norm(x)
-        x = F.relu(self.down_proj(x))
-        x = self.drop(x)
+        if runs_fused(self, x):
+            x = fused.relu_dropout(self.down_proj(x), self.dropout if self.training else 0.0)
+        else:
+            x = self.drop(F.relu(self.down_proj(x)))
         x = self.up_proj(x) * self.scale
         if self.layernorm == "out":
             x = self.adapter_layer_norm(x)
@@ -150,7 +155,7 @@ class _BranchHooks:
         branch = self.adapter(x)
         if self.tap is not None:
             self.tap.append((output, branch))
-        return output + branch
+        return residual_add(self.adapter, output, branch)
 
 
 def branch_to_mlp(pairs: list[tuple[paddle.Tensor, paddle.Tensor]], eps: float = 1e-12) -> float:

@@ -5,12 +5,14 @@ through :func:`build_backbone`, so a new family is added here and in its ``*_arc
 """
 from __future__ import annotations
 
+from typing import Union
+
 import paddle.nn as nn
 
 from .swin import SwinConfig, SwinTransformer
 from .vit import VisionTransformer, ViTConfig
 
-Architecture = ViTConfig | SwinConfig
+Architecture = Union[ViTConfig, SwinConfig]  # (3.9 has no X | Y at run time)
 
 
 def build_backbone(arch: Architecture, class_num: int) -> nn.Layer:

@@ -135,6 +135,14 @@ def runs_fused(layer: Switchable, x: paddle.Tensor) -> bool:
     return layer.path == "fused" and not _autocast_on() and fused.usable(x)
 
 
+def residual_add(layer: Switchable, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+    """``a + b`` (a residual connection); where ``layer`` runs fused, in one C++ pass with the
+    same values."""
+    if runs_fused(layer, a) and a.shape == b.shape and b.dtype == a.dtype and b.place.is_cpu_place():
+        return fused.add(a, b)
+    return a + b
+
+
 def fused_kernels_problem() -> str | None:
     """Why ``model.layers=fused`` cannot run here (one line), or None when it can."""
     if fused.kernels() is not None:

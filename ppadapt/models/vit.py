@@ -31,7 +31,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal, TruncatedNormal
 
 from ..kernels import functions as fused
-from .fast_layers import GELU, Dropout, LayerNorm, Linear, ScaledSoftmax, Switchable, runs_fused
+from .fast_layers import GELU, Dropout, LayerNorm, Linear, ScaledSoftmax, Switchable, residual_add, runs_fused
 from .recompute import run_block
 
 _trunc_normal = TruncatedNormal(std=0.02)
@@ -201,10 +201,11 @@ class Attention(Switchable, nn.Layer):
         return self.proj_drop(self.proj(x))
 
 
-class Block(nn.Layer):
+class Block(Switchable, nn.Layer):
     """Pre-norm transformer block. ``layer_scale`` (BEiT's, an init value) multiplies each
     branch by a learnt per-channel ``gamma_1`` / ``gamma_2``; a method's branch that joins the
-    MLP's output (AdaptFormer) is scaled by ``gamma_2`` with it."""
+    MLP's output (AdaptFormer) is scaled by ``gamma_2`` with it. On the ``fused`` layer path the
+    residual adds run on ppadapt's C++ kernel (the same values)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0,
@@ -224,8 +225,8 @@ class Block(nn.Layer):
         if getattr(self, "gamma_1", None) is not None:
             x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
             return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = residual_add(self, x, self.drop_path(self.attn(self.norm1(x))))
+        return residual_add(self, x, self.drop_path(self.mlp(self.norm2(x))))
 
 
 class PatchEmbed(nn.Layer):
