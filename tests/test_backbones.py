@@ -10,7 +10,7 @@ from paddleclas.ppcls.arch.backbone.model_zoo import distilled_vision_transforme
 from paddleclas.ppcls.arch.backbone.model_zoo import foundation_vit as clas_fvit
 
 from cifar_archive import write_cifar_archive
-from ppadapt.apps.cli import _use_backbone, transfer_main
+from ppadapt.apps.cli import use_backbone, transfer_main
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.methods.build import apply_transfer_method, build_model
 from ppadapt.methods.trainable import count_parameters
@@ -137,7 +137,7 @@ def test_normalisation_is_the_backbones(tmp_path):
 def test_backbone_sets_its_name_and_keeps_the_configs_head():
     overrides = ["model.head=bn_linear", "model.img_size=32"]
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides + ["model.head_init=zero"], stage="transfer")
-    _use_backbone(cfg, "DeiT_small_patch16_224", overrides)
+    use_backbone(cfg, "DeiT_small_patch16_224", overrides)
     m = cfg.model
     assert (m.backbone, m.embed_dim, m.num_heads, m.epsilon, m.img_size) == ("DeiT_small_patch16_224", 384, 6,
                                                                               1e-6, 32)
@@ -163,7 +163,7 @@ def test_trainable_parameter_counts_at_224(name):
         overrides = [f"method.name={method}", "transfer.pretrained=none"]
         overrides += ["method.bottleneck=64"] if method == "adaptformer" else []
         cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides, stage="transfer")
-        _use_backbone(cfg, name, overrides)
+        use_backbone(cfg, name, overrides)
         assert cfg.model.img_size == 224
         with paddle.LazyGuard():
             model = build_model(cfg, 10)

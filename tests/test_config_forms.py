@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ppadapt.apps.cli import _use_backbone, train_main, transfer_main
+from ppadapt.apps.cli import use_backbone, train_main, transfer_main
 from ppadapt.config import (CONFIG_DIR, carried_config, config_from_dict, load_config, method_config, set_value,
                             transfer_method)
 from ppadapt.config.flags import FLAGS, apply_flags, explicit_keys, presets
@@ -105,7 +105,7 @@ def test_backbone_gives_a_plain_vit_and_the_method_keeps_the_options():
                  "model.carry.lora.rank=2"]
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides + ["transfer.freeze=true"], stage="transfer")
     assert set(cfg.model.carry) == {"adaptformer", "lora"}
-    _use_backbone(cfg, "ViT_base_patch16_224", overrides)
+    use_backbone(cfg, "ViT_base_patch16_224", overrides)
     assert cfg.model.carry == {} and (cfg.model.img_size, cfg.model.patch_size, cfg.model.embed_dim) == (32, 4, 768)
     assert cfg.method.options["bottleneck"] == 8 and method_config(cfg).bottleneck == 8
 
@@ -273,7 +273,7 @@ def test_geometry_that_works():
     assert cfg.model.patch_size == 3
     assert load_config(CONFIG_DIR / "tutorial.yaml").model.patch_size == 3  # declares drop_border
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", ["model.img_size=32", "model.patch_size=4"], stage="transfer")
-    _use_backbone(cfg, "ViT_base_patch16_224", ["model.img_size=32", "model.patch_size=4"])
+    use_backbone(cfg, "ViT_base_patch16_224", ["model.img_size=32", "model.patch_size=4"])
     assert (cfg.model.img_size, cfg.model.patch_size, cfg.model.drop_border) == (32, 4, False)
 
 

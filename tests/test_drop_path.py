@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ppadapt.apps.cli import _use_backbone
+from ppadapt.apps.cli import use_backbone
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.methods.build import apply_transfer_method, build_model
 from ppadapt.models.vit import DropPath
@@ -62,5 +62,5 @@ def test_active_in_training_under_a_frozen_method_and_frozen_tensors_stay_bit_id
 def test_kept_over_a_backbone():
     overrides = ["model.drop_path_rate=0.1"]
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides, stage="transfer")
-    _use_backbone(cfg, "DeiT_tiny_patch16_224", overrides)
+    use_backbone(cfg, "DeiT_tiny_patch16_224", overrides)
     assert cfg.model.drop_path_rate == 0.1 and cfg.model.embed_dim == 192

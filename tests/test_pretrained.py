@@ -14,7 +14,7 @@ from paddleclas.ppcls.arch.backbone.model_zoo import vision_transformer as clas_
 
 from cifar_archive import write_cifar_archive
 from ppadapt.runs import pretrained
-from ppadapt.apps.cli import _use_backbone, transfer_main
+from ppadapt.apps.cli import use_backbone, transfer_main
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.data import build_datasets
 from ppadapt.runs.pretrained import load_pretrained
@@ -220,13 +220,13 @@ def test_normalisation_follows_the_weights(tmp_path):
 def test_backbone_then_overrides_then_paddleclas_weights():
     overrides = ["model.img_size=32", "model.patch_size=4", "lr=0.1"]
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides, stage="transfer")
-    _use_backbone(cfg, "ViT_base_patch16_224", overrides)
+    use_backbone(cfg, "ViT_base_patch16_224", overrides)
     m = cfg.model
     assert (m.img_size, m.patch_size, m.embed_dim, m.depth, m.qkv_bias, m.epsilon) == (32, 4, 768, 12, True, 1e-6)
     assert cfg.transfer.pretrained == "paddleclas:ViT_base_patch16_224" and not cfg.model.carry
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", [], stage="transfer")
     cfg.transfer.pretrained = "mine.pdparams"
-    _use_backbone(cfg, "ViT_large_patch32_384")
+    use_backbone(cfg, "ViT_large_patch32_384")
     assert cfg.transfer.pretrained == "mine.pdparams" and cfg.model.embed_dim == 1024 and cfg.model.img_size == 384
 
 

@@ -148,3 +148,16 @@ def test_trainable_counts_at_full_size_are_the_readmes(name, capsys):
     assert row, f"README has no row for {name}"
     assert [int(c.strip().replace(",", "")) for c in row.group(1).split("|")] == list(COUNTS[name][:5])
     assert f"{COUNTS[name][5]:,}" in text  # the dim//12 count beside the table
+
+
+def test_bench_measures_a_swin_by_its_backbone_name(capsys):
+    from ppadapt.apps.bench.cli import main as bench_main
+
+    argv = ["--backbone", SWIN, "--methods", "full,adaptformer", "--steps", "1", "--warmup", "1", "--batch-size", "2",
+            "--json", "--quiet", "--gemm-size", "64"]
+    for item in SMALL[:5]:
+        argv += ["-o", item]
+    assert bench_main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["setup"]["model"].startswith("Swin Transformer 32px patch 4, window 4, width 16, depths 2-2")
+    assert [row["method"] for row in report["methods"]] == ["full", "adaptformer"]

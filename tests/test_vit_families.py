@@ -14,7 +14,7 @@ import paddle
 import pytest
 from paddleclas.ppcls.arch.backbone.model_zoo import foundation_vit as clas_fvit
 
-from ppadapt.apps.cli import _use_backbone, transfer_main
+from ppadapt.apps.cli import use_backbone, transfer_main
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.errors import CheckpointError
 from ppadapt.methods import METHODS
@@ -175,7 +175,7 @@ def family_config(name, method, small=True):
     if small:
         overrides += [f"model.{k}={v}" for k, v in SMALL.items()]
     cfg = load_config(CONFIG_DIR / "tutorial.yaml", overrides, stage="transfer")
-    _use_backbone(cfg, name, overrides)
+    use_backbone(cfg, name, overrides)
     return cfg
 
 

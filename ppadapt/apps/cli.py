@@ -77,13 +77,13 @@ def load_tool_config(args: argparse.Namespace, stage: str, dataset: str | None) 
     def flags(cfg: Config) -> list[str]:  # before the config is validated: --backbone changes the model
         keys = apply_flags(cfg, args, stage)
         if getattr(args, "backbone", None) is not None:
-            _use_backbone(cfg, args.backbone, args.override)
+            use_backbone(cfg, args.backbone, args.override)
         return keys
 
     return load_config(path, args.override, stage=stage, preset=presets(args, stage), then=flags)
 
 
-def _use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
+def use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
     """Switch the model to a PaddleClas ViT architecture: a plain ViT that carries no
     method, so every method's modules come from the transfer method (which keeps the
     options the config gave it as a carried one).

@@ -12,6 +12,7 @@ from ...config.tuning import FREEZE
 from ...errors import ConfigError, DataError
 from ...training.engine import settle_device
 from ...methods import get_method, method_of_flag
+from ..cli import use_backbone
 from ..tool import ArgumentParser, run_tool
 from .probes import GemmProbe, loadavg, machine_info
 from .runner import ORDERS, Log, add_gemm_share, benchmark, quiet, real_batches
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (bare stage keys apply to the transfer stage); "
                         "-o method.KEY=VALUE goes to the benchmarked methods that have that option")
+    p.add_argument("--backbone", metavar="NAME",
+                   help="a PaddleClas backbone's architecture (random weights), as transfer.py --backbone; "
+                        "-o model.* applies on top (e.g. -o model.img_size=32)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated tuning methods (default: {','.join(DEFAULT_METHODS)}); see transfer.py "
                         "--list-methods")
@@ -129,14 +133,24 @@ def run_multitask(args: argparse.Namespace, log: Log = quiet) -> dict:
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     base, options = split_method_options(args.override, methods)
-    with legacy_notes(lambda note: log(f"note: {note}")):
-        cfg = load_config(args.config, base, stage="transfer")
+    cfg = _config(args, base, log)
     report = bench_multitask(cfg.model.architecture(), counts=counts, methods=methods, options=options,
                              classes=args.classes or 10, batch_size=args.batch_size or cfg.transfer.batch_size,
                              steps=args.steps, warmup=args.warmup, log=log)
     report["setup"]["config"] = _display_path(args.config)
     report["machine"]["loadavg_after"] = loadavg()
     return report
+
+
+def _config(args: argparse.Namespace, overrides: list[str], log: Log):
+    """The config to measure: ``--config`` with the ``-o`` overrides, and ``--backbone``'s architecture
+    (whose ``-o model.*`` overrides apply on top of it, as with ``transfer.py``)."""
+    first = [o for o in overrides if not o.strip().startswith("model.")] if args.backbone else overrides
+    with legacy_notes(lambda note: log(f"note: {note}")):  # an older config form: one progress line
+        cfg = load_config(args.config, first, stage="transfer")
+    if args.backbone:
+        use_backbone(cfg, args.backbone, overrides)
+    return cfg
 
 
 def run(args: argparse.Namespace, log: Log = quiet) -> dict:
@@ -150,8 +164,7 @@ def run(args: argparse.Namespace, log: Log = quiet) -> dict:
         if value is not None and value < minimum:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
     base, options = split_method_options(args.override, methods)
-    with legacy_notes(lambda note: log(f"note: {note}")):  # an older config form: one progress line
-        cfg = load_config(args.config, base, stage="transfer")
+    cfg = _config(args, base, log)
     settle_device(cfg, "transfer")  # -o device=gpu, -o amp=O1: as transfer.py checks them
     batch_size = args.batch_size or cfg.transfer.batch_size
     batches, data_s, classes = None, None, args.classes or 10
