@@ -190,7 +190,7 @@ def test_the_config_key_and_its_one_line_refusals(monkeypatch):
     with pytest.raises(ValueError, match="model.layers=fused runs on the CPU only"):
         layer_path("fused", "gpu:0")
     lines = []
-    monkeypatch.setattr("ppadapt.training.engine.fused_kernels_problem", lambda: "no C++ compiler found (install g++)")
+    monkeypatch.setattr("ppadapt.training.engine.fused_kernels_problem", lambda log=None: "no C++ compiler found (install g++)")
     assert configure_training(model, cfg, "transfer", log=lines.append) == "fast"
     assert lines == ["model.layers=fused: no C++ compiler found (install g++); training on the fast layers instead"]
     assert all(m.path == "fast" for m in model.sublayers() if isinstance(m, fast_layers.Switchable))

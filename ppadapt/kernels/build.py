@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import paddle
 
@@ -102,12 +103,14 @@ def _locked(folder: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build(root: Path) -> ModuleType:
+def _build(root: Path, log: Callable[[str], None] | None) -> ModuleType:
     from paddle.utils.cpp_extension import load as load_extension
 
     key = build_key()
     folder = root / key
     folder.mkdir(parents=True, exist_ok=True)
+    if log is not None and not any(folder.rglob("*.so")):
+        log(f"compiling ppadapt's fused CPU kernels into {folder} (once for this machine and Paddle, about 10 s)")
     name = f"ppadapt_cpu_kernels_{key}"
     with _locked(folder), _output_to(folder / "build.log"):
         module = load_extension(name=name, sources=[str(SOURCE)], extra_cxx_cflags=list(CXX_FLAGS),
@@ -118,9 +121,10 @@ def _build(root: Path) -> ModuleType:
     return module
 
 
-def load(root: Path | None = None) -> ModuleType | None:
-    """The compiled kernels (a module with the functions in ``OPS``), built on first use; ``None``
-    where they cannot be built here (:func:`failure` says why). Decided once per process."""
+def load(root: Path | None = None, log: Callable[[str], None] | None = None) -> ModuleType | None:
+    """The compiled kernels (a module with the functions in ``OPS``), built on first use (``log``
+    gets one line when a build starts); ``None`` where they cannot be built here (:func:`failure`
+    says why). Decided once per process."""
     root = Path(root) if root is not None else cache_root()
     key = str(root)
     if key in _loaded:
@@ -132,7 +136,7 @@ def load(root: Path | None = None) -> ModuleType | None:
         _failure[key] = "no C++ compiler found (install g++)"
     else:
         try:
-            module = _build(root)
+            module = _build(root, log)
         except Exception as exc:  # any build or load failure means: use the Paddle layers
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _failure[key] = f"building them failed ({reason[:200]}); the compiler's output is in {root / build_key() / 'build.log'}"

@@ -52,6 +52,8 @@ Paddle's own ops (the hand-written backward is float32 code), the workaround inc
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -143,12 +145,13 @@ def residual_add(layer: Switchable, a: paddle.Tensor, b: paddle.Tensor) -> paddl
     return a + b
 
 
-def fused_kernels_problem() -> str | None:
-    """Why ``model.layers=fused`` cannot run here (one line), or None when it can."""
-    if fused.kernels() is not None:
-        return None
-    from ..kernels.build import failure
+def fused_kernels_problem(log: Callable[[str], None] | None = None) -> str | None:
+    """Why ``model.layers=fused`` cannot run here (one line), or None when it can; the kernels are
+    compiled here on first use (``log`` gets one line then)."""
+    from ..kernels.build import failure, load
 
+    if load(log=log) is not None:
+        return None
     return failure() or "the fused kernels are unavailable"
 
 

@@ -114,7 +114,7 @@ def configure_training(model: paddle.nn.Layer, cfg: Config, stage: str,
         path = layer_path(cfg.model.layers)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if path == "fused" and (problem := fused_kernels_problem()):
+    if path == "fused" and (problem := fused_kernels_problem(log)):
         log(f"model.layers=fused: {problem}; training on the fast layers instead")
         path = "fast"
     use_layers(model, path)
