@@ -33,7 +33,7 @@ from paddle.nn.initializer import Constant, TruncatedNormal
 
 from .fast_layers import Dropout, LayerNorm, Linear
 from .recompute import run_block
-from .vit import DropPath, Mlp, check_head, make_head
+from .vit import DropPath, Mlp, check_head, init_weights, make_head
 
 _trunc_normal = TruncatedNormal(std=0.02)
 _zeros = Constant(0.0)
@@ -315,7 +315,7 @@ class SwinTransformer(nn.Layer):
                        downsample=i < len(cfg.depths) - 1)
             for i, depth in enumerate(cfg.depths)])
         self.norm = LayerNorm(self.num_features, epsilon=cfg.epsilon)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         self.head = make_head(cfg.head, cfg.head_init, self.num_features, class_num)
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -354,13 +354,3 @@ class SwinTransformer(nn.Layer):
         """Replace the classifier by a freshly initialised one (the config's kind and init)."""
         self.class_num = class_num
         self.head = make_head(self.config.head, self.config.head_init, self.num_features, class_num)
-
-
-def _init_weights(layer: nn.Layer) -> None:
-    if isinstance(layer, nn.Linear):
-        _trunc_normal(layer.weight)
-        if layer.bias is not None:
-            _zeros(layer.bias)
-    elif isinstance(layer, nn.LayerNorm):
-        _ones(layer.weight)
-        _zeros(layer.bias)

@@ -373,7 +373,7 @@ class VisionTransformer(nn.Layer):
         if self.pos_embed is not None:
             _trunc_normal(self.pos_embed)
         _trunc_normal(self.cls_token)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if cfg.output_dim:  # drawn last, so the other tensors draw as without it; CLIP's scale
             self.proj = self.create_parameter([cfg.embed_dim, cfg.output_dim], default_initializer=Normal(
                 0.0, cfg.embed_dim ** -0.5))
@@ -446,7 +446,9 @@ class VisionTransformer(nn.Layer):
         self.head = make_head(self.config.head, self.config.head_init, self.num_features, class_num)
 
 
-def _init_weights(layer: nn.Layer) -> None:
+def init_weights(layer: nn.Layer) -> None:
+    """PaddleClas's init of a transformer's Linear (truncated normal, std 0.02, zero bias) and
+    LayerNorm (ones, zeros) layers; ``model.apply(init_weights)``."""
     if isinstance(layer, nn.Linear):
         _trunc_normal(layer.weight)
         if layer.bias is not None:
