@@ -1,9 +1,11 @@
-"""GELU, scaled softmax and LayerNorm on the fused CPU kernels, with their gradients.
+"""The fused CPU kernels as Paddle functions with their gradients (PyLayers): GELU, scaled
+softmax, LayerNorm, dropout, ReLU+dropout, the residual add, and moving q/k/v into heads and back.
 
-Each function takes a float32 CPU tensor in dygraph mode (:func:`usable` says whether one
-can); the layers in :mod:`ppadapt.models.fast_layers` call them on the ``fused`` path and fall
-back to Paddle's ops otherwise (export, mixed precision, other devices and dtypes). The
-gradient of a LayerNorm's frozen scale or shift is not computed.
+Each function takes float32 CPU tensors in dygraph mode (:func:`usable` says whether one can);
+the layers of :mod:`ppadapt.models.fast_layers`, the ViT and AdaptFormer's branch call them on
+the ``fused`` path and take Paddle's ops otherwise (export, mixed precision, other devices and
+dtypes). Only the gradients that are needed are computed (a frozen LayerNorm's scale and shift
+get none); a call that needs none runs the forward kernel alone.
 """
 from __future__ import annotations
 
