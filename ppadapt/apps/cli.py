@@ -84,8 +84,8 @@ def load_tool_config(args: argparse.Namespace, stage: str, dataset: str | None) 
 
 
 def use_backbone(cfg: Config, name: str, overrides: Sequence[str] = ()) -> None:
-    """Switch the model to a PaddleClas ViT architecture: a plain ViT that carries no
-    method, so every method's modules come from the transfer method (which keeps the
+    """Switch the model to a PaddleClas backbone's architecture (a ViT, or a Swin): a plain one
+    that carries no method, so every method's modules come from the transfer method (which keeps the
     options the config gave it as a carried one).
 
     The config's classifier (``model.head``, ``model.head_init``) is kept: it is not the
@@ -152,9 +152,10 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
                         "adapter/ folder (or the run folder holding it), or an older adapter.pdparams")
     p.add_argument("--list-methods", action="store_true", help="list the methods with their options and exit")
     p.add_argument("--backbone", metavar="NAME",
-                   help="a PaddleClas ViT: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384, "
+                   help="a PaddleClas backbone: ViT_{base,large}_patch16_{224,384}, ViT_{base,large}_patch32_384, "
                         "DeiT_{tiny,small,base}_patch16_224, MAE_vit_base_patch16, BEiTv2_vit_{base,large}_patch16_224, "
-                        "CLIP_vit_base_patch{16,32}_224, CLIP_vit_large_patch14_{224,336} (see --list-backbones); "
+                        "CLIP_vit_base_patch{16,32}_224, CLIP_vit_large_patch14_{224,336}, "
+                        "SwinTransformer_{tiny,small,base}_patch4_window7_224, ... (see --list-backbones); "
                         "its architecture, its weights (unless --pretrained) and its normalisation "
                         "(ViT: mean = std = 0.5; DeiT, MAE, BEiTv2: ImageNet's; CLIP: CLIP's). -o model.img_size=N / "
                         "model.patch_size=P still apply: the position embedding and patch kernel are resampled")

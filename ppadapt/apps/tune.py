@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", metavar="CKPT",
                    help="backbone checkpoint (as transfer.py; default: the config's pretraining run; 'none': "
                         "from scratch)")
-    p.add_argument("--backbone", metavar="NAME", help="a PaddleClas ViT, as transfer.py --backbone")
+    p.add_argument("--backbone", metavar="NAME", help="a PaddleClas backbone (a ViT or a Swin), as transfer.py --backbone")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, help="seed of the grid runs and of the first retraining run")
