@@ -360,3 +360,35 @@ def test_recompute_trains_a_swin_bit_identically(method, monkeypatch):
     assert grads and grads.keys() == grads_rc.keys()
     assert all(np.array_equal(grads[n], grads_rc[n]) for n in grads)
     assert all(np.array_equal(weights[n], weights_rc[n]) for n in weights)
+
+
+@pytest.mark.parametrize("method", ["full", "adaptformer", "lora"])
+def test_the_fused_layer_path_gives_a_swin_the_fast_paths_gradients(method):
+    """``model.layers: fused`` on a Swin: its LayerNorms, GELUs and AdaptFormer branches take the
+    C++ kernels (dropout off: both paths compute the same function)."""
+    from ppadapt.kernels import functions as fused
+    from ppadapt.models.fast_layers import use_layers
+
+    if fused.kernels() is None:
+        pytest.skip("the fused kernels cannot be built here")
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 32, 32)).astype("float32"))
+    y = paddle.to_tensor(rng.integers(0, 5, (2, 1)).astype("int64"))
+    results = {}
+    for path in ("fast", "fused"):
+        paddle.seed(0)
+        model = tiny()
+        spec = get_method(method)
+        if method != "full":
+            spec.apply_to(model, **({"dropout": 0.0} if method == "adaptformer" else {}))
+        set_trainable(model, spec.is_trainable)
+        assert use_layers(model, path) > 0
+        model.train()
+        logits = model(x)
+        paddle.nn.functional.cross_entropy(logits, y).backward()
+        results[path] = logits.numpy(), {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
+    (out_a, grads_a), (out_b, grads_b) = results["fast"], results["fused"]
+    np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        np.testing.assert_allclose(grads_b[name], grads_a[name], rtol=1e-3, atol=1e-6, err_msg=name)
