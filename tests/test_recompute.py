@@ -21,9 +21,9 @@ from ppadapt.training.engine import configure_training
 from tiny import tiny_vit
 
 
-def _model(method: str, recompute: bool, layers: str = "fast"):
+def _model(method: str, recompute: bool, layers: str = "fast", build=tiny_vit):
     paddle.seed(0)
-    model = tiny_vit(drop_path_rate=0.1)
+    model = build(drop_path_rate=0.1)
     spec = get_method(method)
     if method != "full":
         spec.apply_to(model)
@@ -33,9 +33,10 @@ def _model(method: str, recompute: bool, layers: str = "fast"):
     return model
 
 
-def _train(method: str, recompute: bool, steps: int = 3, layers: str = "fast"):
-    """Weights before and after ``steps`` Momentum steps, and the first step's gradients."""
-    model = _model(method, recompute, layers)
+def _train(method: str, recompute: bool, steps: int = 3, layers: str = "fast", build=tiny_vit, classes: int = 10):
+    """Weights before and after ``steps`` Momentum steps, and the first step's gradients, of
+    ``build(drop_path_rate=0.1)`` (a tiny ViT; ``classes`` its head's) with ``method`` applied."""
+    model = _model(method, recompute, layers, build)
     before = {n: p.numpy().copy() for n, p in model.named_parameters()}
     params = [p for p in model.parameters() if not p.stop_gradient]
     opt = paddle.optimizer.Momentum(0.05, 0.9, parameters=params)
@@ -45,7 +46,7 @@ def _train(method: str, recompute: bool, steps: int = 3, layers: str = "fast"):
     first = None
     for _ in range(steps):
         x = paddle.to_tensor(rng.standard_normal((4, 3, 32, 32)).astype("float32"))
-        y = paddle.to_tensor(rng.integers(0, 10, (4, 1)).astype("int64"))
+        y = paddle.to_tensor(rng.integers(0, classes, (4, 1)).astype("int64"))
         paddle.nn.functional.cross_entropy(model(x), y).backward()
         if first is None:
             first = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}

@@ -14,8 +14,8 @@ from ppadapt.methods.lora import LoRAConfig
 from ppadapt.methods.trainable import count_parameters, set_trainable
 from ppadapt.models import swin_archs
 from ppadapt.models.swin import SwinConfig, SwinTransformer
-from ppadapt.models.swin_archs import (build_swin, list_swin_backbones, swin_config, swin_names, swin_normalization,
-                                       swin_weights_url)
+from ppadapt.models.paddleclas_archs import (list_backbones, paddleclas_normalization, paddleclas_vit_config,
+                                             paddleclas_weights_url)
 from ppadapt.models.vit import VisionTransformer
 from ppadapt.runs.checkpoint import load_state_dict, load_weights
 from ppadapt.runs.pretrained import load_pretrained
@@ -109,20 +109,22 @@ def test_converted_attn_mask_buffers_are_dropped():
 
 def test_the_registry_matches_paddleclas_urls_and_constructors(monkeypatch):
     module = paddleclas_module()
-    assert {n: swin_weights_url(n) for n in swin_names()} == module.MODEL_URLS
+    swin_names = list(swin_archs.SWINS)
+    assert {n: paddleclas_weights_url(n) for n in swin_names} == module.MODEL_URLS
     monkeypatch.setattr(module, "SwinTransformer", lambda **kwargs: kwargs)
-    for name in swin_names():
-        kwargs, cfg = getattr(module, name)(), swin_config(name)
+    for name in swin_names:
+        kwargs, cfg = getattr(module, name)(), paddleclas_vit_config(name)
         assert (kwargs.get("img_size", 224), kwargs["embed_dim"], list(kwargs["depths"]), list(kwargs["num_heads"]),
                 kwargs["window_size"]) == (cfg.img_size, cfg.embed_dim, list(cfg.depths), list(cfg.num_heads),
                                            cfg.window_size), name
         assert (cfg.patch_size, cfg.qkv_bias, cfg.mlp_ratio) == (4, True, 4.0)
-        assert swin_normalization(name) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert len(list_swin_backbones().splitlines()) == len(swin_names()) == 6
-    swin_config(SWIN_T).embed_dim = 1  # a copy: the registry is untouched
+        assert paddleclas_normalization(name) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    listed = [line for line in list_backbones().splitlines() if line.startswith("SwinTransformer_")]
+    assert len(listed) == len(swin_names) == 6
+    paddleclas_vit_config(SWIN_T).embed_dim = 1  # a copy: the registry is untouched
     assert swin_archs.SWINS[SWIN_T].embed_dim == 96
     with pytest.raises(ValueError, match="did you mean 'SwinTransformer_tiny_patch4_window7_224'"):
-        swin_config("SwinTransformer_tiny_patch4_window7")
+        paddleclas_vit_config("SwinTransformer_tiny_patch4_window7")
 
 
 # --- the methods ---------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ SWIN_T_ADAPTFORMER_DIM_12 = 364_208  # bottleneck "dim//12": 8, 16, 32, 64 by st
 @pytest.fixture(scope="module")
 def swin_t_factory():
     paddle.seed(0)
-    return lambda: build_swin(SWIN_T, class_num=100)
+    return lambda: SwinTransformer(paddleclas_vit_config(SWIN_T), class_num=100)
 
 
 @pytest.mark.parametrize("method", list(SWIN_T_COUNTS))
@@ -330,32 +332,11 @@ def test_recompute_trains_a_swin_bit_identically(method, monkeypatch):
     real = fleet_utils.recompute
     monkeypatch.setattr(fleet_utils, "recompute", lambda *a, **k: calls.append(1) or real(*a, **k))
 
-    def train(recompute: bool):
-        paddle.seed(0)
-        model = tiny(drop_path_rate=0.1)
-        spec = get_method(method)
-        if method != "full":
-            spec.apply_to(model)
-        set_trainable(model, spec.is_trainable)
-        model.recompute = recompute
-        model.train()
-        params = [p for p in model.parameters() if not p.stop_gradient]
-        opt = paddle.optimizer.Momentum(0.05, 0.9, parameters=params)
-        rng = np.random.default_rng(0)
-        paddle.seed(123)
-        grads = None
-        for _ in range(2):
-            x = paddle.to_tensor(rng.standard_normal((2, 3, 32, 32)).astype("float32"))
-            y = paddle.to_tensor(rng.integers(0, 5, (2, 1)).astype("int64"))
-            paddle.nn.functional.cross_entropy(model(x), y).backward()
-            grads = grads or {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
-            opt.step()
-            opt.clear_grad()
-        return grads, {n: p.numpy() for n, p in model.named_parameters()}
+    from test_recompute import _train
 
-    grads, weights = train(False)
+    _, weights, grads, _ = _train(method, recompute=False, steps=2, build=tiny, classes=5)
     assert not calls
-    grads_rc, weights_rc = train(True)
+    _, weights_rc, grads_rc, _ = _train(method, recompute=True, steps=2, build=tiny, classes=5)
     assert len(calls) == 2 * sum(TINY["depths"])  # every block, in both steps
     assert grads and grads.keys() == grads_rc.keys()
     assert all(np.array_equal(grads[n], grads_rc[n]) for n in grads)
@@ -368,14 +349,15 @@ def test_the_fused_layer_path_gives_a_swin_the_fast_paths_gradients(method):
     C++ kernels (dropout off: both paths compute the same function)."""
     from ppadapt.kernels import functions as fused
     from ppadapt.models.fast_layers import use_layers
+    from test_fused_kernels import fast_and_fused_agree
 
     if fused.kernels() is None:
         pytest.skip("the fused kernels cannot be built here")
     rng = np.random.default_rng(2)
     x = paddle.to_tensor(rng.standard_normal((2, 3, 32, 32)).astype("float32"))
     y = paddle.to_tensor(rng.integers(0, 5, (2, 1)).astype("int64"))
-    results = {}
-    for path in ("fast", "fused"):
+
+    def build(path: str) -> SwinTransformer:
         paddle.seed(0)
         model = tiny()
         spec = get_method(method)
@@ -384,11 +366,6 @@ def test_the_fused_layer_path_gives_a_swin_the_fast_paths_gradients(method):
         set_trainable(model, spec.is_trainable)
         assert use_layers(model, path) > 0
         model.train()
-        logits = model(x)
-        paddle.nn.functional.cross_entropy(logits, y).backward()
-        results[path] = logits.numpy(), {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
-    (out_a, grads_a), (out_b, grads_b) = results["fast"], results["fused"]
-    np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-5)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        np.testing.assert_allclose(grads_b[name], grads_a[name], rtol=1e-3, atol=1e-6, err_msg=name)
+        return model
+
+    fast_and_fused_agree(build, x, y)

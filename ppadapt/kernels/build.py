@@ -32,8 +32,10 @@ OPS = ("ppadapt_gelu_fwd", "ppadapt_gelu_bwd", "ppadapt_softmax_fwd", "ppadapt_s
        "ppadapt_relu_dropout_fwd", "ppadapt_relu_dropout_bwd", "ppadapt_add")
 CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 
-_loaded: dict[str, ModuleType | None] = {}
-_failure: dict[str, str] = {}
+# By root (None: the default cache root); the default is looked up on every fused layer call,
+# so its entry is found without touching the environment or the file system.
+_loaded: dict[str | None, ModuleType | None] = {}
+_failure: dict[str | None, str] = {}
 
 
 def cache_root() -> Path:
@@ -103,11 +105,10 @@ def _locked(folder: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build(root: Path, log: Callable[[str], None] | None) -> ModuleType:
+def _build(folder: Path, log: Callable[[str], None] | None) -> ModuleType:
     from paddle.utils.cpp_extension import load as load_extension
 
-    key = build_key()
-    folder = root / key
+    key = folder.name
     folder.mkdir(parents=True, exist_ok=True)
     if log is not None and not any(folder.rglob("*.so")):
         log(f"compiling ppadapt's fused CPU kernels into {folder} (once for this machine and Paddle, about 10 s)")
@@ -125,25 +126,26 @@ def load(root: Path | None = None, log: Callable[[str], None] | None = None) -> 
     """The compiled kernels (a module with the functions in ``OPS``), built on first use (``log``
     gets one line when a build starts); ``None`` where they cannot be built here (:func:`failure`
     says why). Decided once per process."""
-    root = Path(root) if root is not None else cache_root()
-    key = str(root)
+    key = str(root) if root is not None else None
     if key in _loaded:
         return _loaded[key]
+    root = Path(root) if root is not None else cache_root()
     module = None
     if os.name != "posix":
         _failure[key] = "the fused kernels are built for Linux and macOS only"
     elif shutil.which(os.environ.get("CXX", "c++")) is None:
         _failure[key] = "no C++ compiler found (install g++)"
     else:
+        folder = root / build_key()
         try:
-            module = _build(root, log)
+            module = _build(folder, log)
         except Exception as exc:  # any build or load failure means: use the Paddle layers
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _failure[key] = f"building them failed ({reason[:200]}); the compiler's output is in {root / build_key() / 'build.log'}"
+            _failure[key] = f"building them failed ({reason[:200]}); the compiler's output is in {folder / 'build.log'}"
     _loaded[key] = module
     return module
 
 
 def failure(root: Path | None = None) -> str | None:
     """Why :func:`load` returned ``None`` for ``root`` (None if it has not, or has not been called)."""
-    return _failure.get(str(Path(root) if root is not None else cache_root()))
+    return _failure.get(str(root) if root is not None else None)

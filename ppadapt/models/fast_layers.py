@@ -59,7 +59,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from ..kernels import functions as fused
+from ..kernels import build as kernel_build, functions as fused
 
 LAYER_CHOICES = ("auto", "fast", "native", "fused")  # model.layers
 PATHS = ("fast", "native", "fused")  # what a choice resolves to
@@ -148,11 +148,9 @@ def residual_add(layer: Switchable, a: paddle.Tensor, b: paddle.Tensor) -> paddl
 def fused_kernels_problem(log: Callable[[str], None] | None = None) -> str | None:
     """Why ``model.layers=fused`` cannot run here (one line), or None when it can; the kernels are
     compiled here on first use (``log`` gets one line then)."""
-    from ..kernels.build import failure, load
-
-    if load(log=log) is not None:
+    if kernel_build.load(log=log) is not None:
         return None
-    return failure() or "the fused kernels are unavailable"
+    return kernel_build.failure() or "the fused kernels are unavailable"
 
 
 def native_layer_norm(x: paddle.Tensor, weight: paddle.Tensor | None, bias: paddle.Tensor | None,

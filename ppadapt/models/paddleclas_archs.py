@@ -33,6 +33,7 @@ a test checks they agree) and the normalisation its training configs use:
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 
@@ -133,8 +134,8 @@ def _family(name: str) -> Family:
 
 def paddleclas_vit_config(name: str) -> Architecture:
     """The architecture of PaddleClas's constructor ``name`` (a ViTConfig, or a SwinConfig for a
-    Swin; ``ValueError`` for an unknown one)."""
-    return _family(name).archs[name]
+    Swin; a copy, so the registry stays as it is; ``ValueError`` for an unknown one)."""
+    return dataclasses.replace(_family(name).archs[name])
 
 
 def paddleclas_weights_url(name: str) -> str:
