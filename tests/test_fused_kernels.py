@@ -233,3 +233,118 @@ def test_relu_and_dropout_in_one_pass():
     np.testing.assert_allclose(y.numpy()[kept], x_np[kept] / 0.75, rtol=1e-6)
     (grad,) = paddle.grad(y, x, paddle.ones_like(y))
     np.testing.assert_allclose(grad.numpy(), np.where(kept, 1 / 0.75, 0.0), rtol=1e-6)
+
+
+# --- work the fused path leaves out or folds in -------------------------------------------------
+
+@pytest.mark.parametrize("family", [{}, {"rel_pos_bias": True, "layer_scale": 0.1, "abs_pos_embed": False}])
+@pytest.mark.parametrize("layers", ["fast", "native", "fused"])
+def test_a_block_asked_for_its_first_tokens_gives_them_and_their_gradients(layers, family):
+    """``block(x, first_tokens=n)`` is ``block(x)[:, :n]`` (keys and values from every token)."""
+    paddle.seed(2)
+    model = tiny_vit(qkv_bias=True, **family)
+    use_layers(model, layers)
+    block = model.blocks[1]
+    rng = np.random.default_rng(3)
+    x_np = rng.standard_normal((3, 17, 32)).astype("float32")
+    results = []
+    for first in (None, 2):
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        out = block(x)[:, :2] if first is None else block(x, first_tokens=first)
+        out.sum().backward()
+        grads = [x.grad.numpy()] + [p.grad.numpy() for p in block.parameters() if p.grad is not None]
+        results.append((out.numpy(), grads))
+        block.clear_gradients()
+    (out, grads), (part, part_grads) = results
+    assert part.shape == (3, 2, 32)
+    np.testing.assert_allclose(part, out, rtol=1e-5, atol=1e-5)
+    assert len(grads) == len(part_grads) == 1 + len(block.parameters())
+    for full_grad, part_grad in zip(grads, part_grads):
+        np.testing.assert_allclose(part_grad, full_grad, rtol=1e-4, atol=1e-5)
+
+
+def _last_mlp_tokens(model, x) -> int:
+    seen = []
+    handle = model.blocks[-1].mlp.register_forward_pre_hook(lambda layer, inputs: seen.append(inputs[0].shape[1]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("method,recompute", [("adaptformer", False), ("vpt-deep", False), ("vpt-deep", True)])
+def test_a_fused_training_step_runs_the_last_blocks_mlp_on_the_class_token_alone(method, recompute):
+    """Only ``norm(x[:, 0])`` reaches the head, so the last block's MLP (and its branch) runs on the
+    class token alone; VPT's pre-hooks and recomputation keep that. Elsewhere every token runs:
+    other paths, inference, the AdaptFormer probe (eval, no gradients), a mean-pooled ViT."""
+    x = paddle.randn([2, 3, 32, 32])
+    model = _model(method, "fused")
+    model.recompute = recompute
+    tokens = model.patch_embed.num_patches + 1 + (get_method(method).config().tokens if method.startswith("vpt") else 0)
+    assert _last_mlp_tokens(model, x) == 1
+    with paddle.no_grad():
+        assert _last_mlp_tokens(model, x) == tokens
+    model.eval()
+    assert _last_mlp_tokens(model, x) == tokens
+    assert _last_mlp_tokens(_model(method, "fast"), x) == tokens
+    mean_pooled = tiny_vit(pool="mean")
+    use_layers(mean_pooled, "fused")
+    mean_pooled.train()
+    assert _last_mlp_tokens(mean_pooled, x) == model.patch_embed.num_patches + 1
+
+
+def test_flops_count_the_class_token_queries_of_the_last_block():
+    from ppadapt.apps.bench import train_step_flops
+    x = paddle.randn([2, 3, 32, 32])
+    counts = {layers: train_step_flops(_model("adaptformer", layers), x) for layers in ("fast", "fused")}
+    t, d = 17, 32  # tokens and width of the tiny ViT
+    attention = {layers: [op.forward for op in c.ops if op.kind == "attention"] for layers, c in counts.items()}
+    assert attention["fast"] == [4 * 2 * t * t * d] * 2
+    assert attention["fused"] == [4 * 2 * t * t * d, 4 * 2 * 1 * t * d]
+    assert counts["fused"].train < counts["fast"].train
+
+
+def test_the_patch_convolution_adds_its_bias_in_one_pass_with_paddles_values_and_gradients():
+    rng = np.random.default_rng(7)
+    x_np = rng.standard_normal((3, 3, 16, 16)).astype("float32")
+    up = rng.standard_normal((3, 8, 4, 4)).astype("float32")
+    results = {}
+    for layers in ("native", "fused"):
+        paddle.seed(1)
+        conv = fast_layers.Conv2D(3, 8, kernel_size=4, stride=4)
+        conv.path = layers
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        out = conv(x)
+        (out * paddle.to_tensor(up)).sum().backward()
+        results[layers] = [out.numpy(), x.grad.numpy(), conv.weight.grad.numpy(), conv.bias.grad.numpy()]
+    for got, want in zip(results["fused"], results["native"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results["fused"][3], up.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_a_scaled_linear_folds_its_scale_into_the_gemm(trainable):
+    """AdaptFormer's ``up(x) * scale``: on the fused path one GEMM with the bias and the scale
+    inside, also without gradients (a frozen prefix), with the gradients of the product."""
+    rng = np.random.default_rng(8)
+    x_np = rng.standard_normal((2, 9, 16)).astype("float32")
+    up = rng.standard_normal((2, 9, 24)).astype("float32")
+    results = {}
+    for layers in ("fast", "fused"):
+        paddle.seed(4)
+        layer = fast_layers.Linear(16, 24)
+        layer.path = layers
+        for p in layer.parameters():
+            p.stop_gradient = not trainable
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        out = layer(x, scale=0.1)
+        (out * paddle.to_tensor(up)).sum().backward()
+        grads = [x.grad.numpy()] + ([layer.weight.grad.numpy(), layer.bias.grad.numpy()] if trainable else [])
+        results[layers] = [out.numpy()] + grads
+        with paddle.no_grad():
+            results[layers].append(layer(x, scale=0.1).numpy())
+    want = (x_np @ layer.weight.numpy() + layer.bias.numpy()) * 0.1
+    np.testing.assert_allclose(results["fused"][0], want, rtol=1e-5, atol=1e-6)
+    for got, ref in zip(results["fused"], results["fast"]):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """The fused CPU kernels as Paddle functions with their gradients (PyLayers): GELU, scaled
-softmax, LayerNorm, dropout, ReLU+dropout, the residual add, and moving q/k/v into heads and back.
+softmax, LayerNorm, dropout, ReLU+dropout, the residual add, a convolution's bias, and moving q/k/v
+into heads and back.
 
 Each function takes float32 CPU tensors in dygraph mode (:func:`usable` says whether one can);
 the layers of :mod:`ppadapt.models.fast_layers`, the ViT and AdaptFormer's branch call them on
@@ -201,3 +202,21 @@ def add(a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
     """``a + b`` for two float32 CPU tensors of one shape (the same values as Paddle's add)."""
     a, b = _dense(a), _dense(b)
     return _Add.apply(a, b) if _tracks(a, b) else kernels().ppadapt_add(a, b)
+
+
+class _ChannelBias(PyLayer):
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.needs = (not x.stop_gradient, not bias.stop_gradient)
+        return kernels().ppadapt_channel_bias(x, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        need_x, need_b = ctx.needs
+        return dy if need_x else None, kernels().ppadapt_channel_sum(_dense(dy)) if need_b else None
+
+
+def channel_bias(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """``x + bias`` with one bias value per channel of ``x``'s axis 1 (an NCHW convolution's bias)."""
+    x = _dense(x)
+    return _ChannelBias.apply(x, bias) if _tracks(x, bias) else kernels().ppadapt_channel_bias(x, bias)

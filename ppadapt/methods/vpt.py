@@ -103,11 +103,11 @@ class VPTPrompts(nn.Layer):
     # deep: pre-hook on every block
     def block_hook(self, index: int):
         def hook(layer, inputs):
-            x = inputs[0]
+            x, rest = inputs[0], tuple(inputs[1:])
             if index == 0:
-                return (self._insert(x, 0),)
+                return (self._insert(x, 0),) + rest
             prompts = self.prompts(index, paddle.shape(x)[0], x.dtype)
-            return (paddle.concat([x[:, :1], prompts, x[:, 1 + self.tokens:]], axis=1),)
+            return (paddle.concat([x[:, :1], prompts, x[:, 1 + self.tokens:]], axis=1),) + rest
         return hook
 
     def _insert(self, x, index: int):

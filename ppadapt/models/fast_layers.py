@@ -68,28 +68,43 @@ _autocast_on = getattr(paddle.amp, "is_autocast_enabled", None) or (lambda: Fals
 
 
 class _LinearFunction(PyLayer):
-    """``x @ weight + bias`` with hand-written gradients (see the module docstring)."""
+    """``(x @ weight + bias) * scale`` with hand-written gradients (see the module docstring). The
+    scale is folded into the GEMM and into the small tensors (weight, bias, their gradients), so it
+    costs no pass over the activations."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, scale=1.0):
         ctx.save_for_backward(x, weight)
         ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
+        ctx.scale = scale
         # addmm adds the bias inside the GEMM: ~1 ms less than matmul + broadcast add at 4,160 x 768.
-        out = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
+        out = _addmm(x, weight, bias, scale)
         return out.reshape(x.shape[:-1] + weight.shape[-1:])
 
     @staticmethod
     def backward(ctx, dout):
         x, weight = ctx.saved_tensor()
         need_x, need_w, need_b = ctx.needs
+        scale = ctx.scale
         dout2d = dout.reshape([-1, dout.shape[-1]])
-        dx = paddle.matmul(dout, weight, transpose_y=True) if need_x else None
-        dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), dout2d, transpose_x=True) if need_w else None
-        db = None
+        dx = dw = db = None
+        if need_x:
+            dx = paddle.matmul(dout, weight if scale == 1.0 else weight * scale, transpose_y=True)
+        if need_w:
+            dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), dout2d, transpose_x=True)
+            dw = dw if scale == 1.0 else dw * scale
         if need_b:
-            ones = paddle.ones([1, dout2d.shape[0]], dtype=dout.dtype)
+            ones = paddle.full([1, dout2d.shape[0]], scale, dtype=dout.dtype)
             db = paddle.matmul(ones, dout2d).reshape([-1])
         return dx, dw, db
+
+
+def _addmm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, scale: float) -> paddle.Tensor:
+    """``(x @ weight + bias) * scale`` as one GEMM, on ``x`` flattened to 2-D."""
+    x2d = x.reshape([-1, x.shape[-1]])
+    if scale == 1.0:
+        return paddle.addmm(bias, x2d, weight)
+    return paddle.addmm(bias, x2d, weight, beta=scale, alpha=scale)
 
 
 def _wants_fast_path(*tensors) -> bool:
@@ -118,7 +133,7 @@ class Switchable:
 
 
 def use_layers(model: nn.Layer, path: str) -> int:
-    """Switch every :class:`Switchable` layer of ``model`` (Linear, LayerNorm, GELU, softmax,
+    """Switch every :class:`Switchable` layer of ``model`` (Linear, LayerNorm, Conv2D, GELU, softmax,
     dropout, attention) to ``path`` (one of ``PATHS``, see :func:`layer_path`); returns how many layers it
     set. Parameters, names and values are untouched."""
     if path not in PATHS:
@@ -171,6 +186,19 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) 
     if bias is None or not _wants_fast_path(x, weight, bias):
         return F.linear(x, weight, bias)
     return _LinearFunction.apply(x, weight, bias)
+
+
+def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None,
+                 scale: float = 1.0) -> paddle.Tensor:
+    """``(x @ weight + bias) * scale`` on the ``fused`` path: one GEMM with the bias (and scale) inside,
+    also where no gradient is needed (a frozen prefix, inference), where ``F.linear`` takes a
+    matmul and a separate broadcast add."""
+    if bias is None:
+        out = F.linear(x, weight)
+        return out if scale == 1.0 else out * scale
+    if _wants_fast_path(x, weight, bias):
+        return _LinearFunction.apply(x, weight, bias, float(scale))
+    return _addmm(x, weight, bias, float(scale)).reshape(x.shape[:-1] + weight.shape[-1:])
 
 
 class _LayerNormFunction(PyLayer):
@@ -230,13 +258,32 @@ class LayerNorm(Switchable, nn.LayerNorm):
 
 class Linear(Switchable, nn.Linear):
     """``nn.Linear`` with :func:`linear`'s fast bias gradient; same parameters and names.
-    ``path``: ``native`` is Paddle's own ``F.linear`` (see :func:`use_layers`); ``fused`` keeps
-    the fast path, which is already one GEMM each way."""
+    ``path``: ``native`` is Paddle's own ``F.linear`` (see :func:`use_layers`); ``fused`` is
+    :func:`fused_linear`, one GEMM each way with the bias inside. ``scale`` multiplies the output
+    (AdaptFormer's branch); on the ``fused`` path it is folded into the GEMM."""
+
+    def forward(self, x: paddle.Tensor, scale: float = 1.0) -> paddle.Tensor:
+        if self.path == "native":
+            out = F.linear(x, self.weight, self.bias)
+        elif runs_fused(self, x):
+            return fused_linear(x, self.weight, self.bias, scale)
+        else:
+            out = linear(x, self.weight, self.bias)
+        return out if scale == 1.0 else out * scale
+
+
+class Conv2D(Switchable, nn.Conv2D):
+    """``nn.Conv2D`` (the patch embedding's); same parameters and names. On the ``fused`` path (see
+    :func:`use_layers`) an NCHW convolution adds its bias with ppadapt's C++ kernel: Paddle's
+    broadcast add along the channel axis is the slow CPU case of "Broadcasts" above."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.path == "native":
-            return F.linear(x, self.weight, self.bias)
-        return linear(x, self.weight, self.bias)
+        if (self.bias is None or self._data_format != "NCHW" or self._padding_mode != "zeros"
+                or not runs_fused(self, x)):
+            return super().forward(x)
+        out = F.conv2d(x, self.weight, None, stride=self._stride, padding=self._padding,
+                       dilation=self._dilation, groups=self._groups, data_format="NCHW")
+        return fused.channel_bias(out, self.bias)
 
 
 class GELU(Switchable, nn.GELU):

@@ -31,7 +31,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, TruncatedNormal
 
-from .fast_layers import Dropout, LayerNorm, Linear
+from .fast_layers import Conv2D, Dropout, LayerNorm, Linear
 from .recompute import run_block
 from .vit import DropPath, Mlp, check_head, init_weights, make_head
 
@@ -283,7 +283,7 @@ class PatchEmbed(nn.Layer):
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm: bool, epsilon: float):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = LayerNorm(embed_dim, epsilon=epsilon) if norm else None
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

@@ -31,7 +31,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal, TruncatedNormal
 
 from ..kernels import functions as fused
-from .fast_layers import GELU, Dropout, LayerNorm, Linear, ScaledSoftmax, Switchable, residual_add, runs_fused
+from .fast_layers import GELU, Conv2D, Dropout, LayerNorm, Linear, ScaledSoftmax, Switchable, residual_add, runs_fused
 from .recompute import run_block
 
 _trunc_normal = TruncatedNormal(std=0.02)
@@ -179,15 +179,19 @@ class Attention(Switchable, nn.Layer):
         return bias
 
     def scores_to_weights(self, scores: paddle.Tensor) -> paddle.Tensor:
-        """``softmax(scores * scale [+ bias])``: the attention weights of ``q @ k^T``."""
+        """``softmax(scores * scale [+ bias])``: the attention weights of ``q @ k^T`` (the queries
+        may be the first rows only)."""
         if not self.has_position_bias():
             return self.softmax(scores)
-        bias = self.position_bias(scores.shape[-1]).astype(scores.dtype)  # float16 scores under mixed precision
-        return self.biased_softmax(scores * self.scale + bias)
+        bias = self.position_bias(scores.shape[-1])[:, :scores.shape[-2]]
+        return self.biased_softmax(scores * self.scale + bias.astype(scores.dtype))  # float16 scores under AMP
 
-    def forward(self, x):
+    def forward(self, x, queries: int | None = None):
+        """``queries``: only the first ``queries`` tokens' outputs (``attention(x)[:, :queries]``); the
+        keys and values are still every token's."""
         if runs_fused(self, x):
             q, k, v = fused.split_heads(self.qkv(x), self.num_heads)
+            q = q if queries is None else q[:, :, :queries]
             attn = self.attn_drop(self.scores_to_weights(paddle.matmul(q, k, transpose_y=True)))
             return self.proj_drop(self.proj(fused.heads_to_tokens(paddle.matmul(attn, v))))
         n, c = x.shape[1], x.shape[2]
@@ -195,6 +199,8 @@ class Attention(Switchable, nn.Layer):
         # unbind, not qkv[0]/qkv[1]/qkv[2]: indexing costs three slice kernels and
         # three slice-gradient kernels per block, and is measurably slower on CPU.
         q, k, v = paddle.unbind(qkv.transpose([2, 0, 3, 1, 4]), axis=0)
+        if queries is not None:
+            q, n = q[:, :, :queries], min(n, queries)
         attn = self.scores_to_weights(paddle.matmul(q, k, transpose_y=True))
         attn = self.attn_drop(attn)
         x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, n, c])
@@ -221,11 +227,17 @@ class Block(Switchable, nn.Layer):
         self.norm2 = LayerNorm(dim, epsilon=epsilon)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, act)
 
-    def forward(self, x):
+    def forward(self, x, first_tokens: int | None = None):
+        """``first_tokens``: only the first tokens' outputs, ``block(x)[:, :first_tokens]``, without
+        computing the others (their keys and values still enter the attention)."""
+        if first_tokens is None:
+            shortcut, mixed = x, self.attn(self.norm1(x))
+        else:  # a keyword, so that a method's pre-hook returning new inputs keeps it
+            shortcut, mixed = x[:, :first_tokens], self.attn(self.norm1(x), queries=first_tokens)
         if getattr(self, "gamma_1", None) is not None:
-            x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+            x = shortcut + self.drop_path(self.gamma_1 * mixed)
             return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
-        x = residual_add(self, x, self.drop_path(self.attn(self.norm1(x))))
+        x = residual_add(self, shortcut, self.drop_path(mixed))
         return residual_add(self, x, self.drop_path(self.mlp(self.norm2(x))))
 
 
@@ -239,7 +251,7 @@ class PatchEmbed(nn.Layer):
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size ** 2
-        self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
         return self.proj(x).flatten(2).transpose([0, 2, 1])
@@ -391,11 +403,25 @@ class VisionTransformer(nn.Layer):
             x = self.ln_pre(x)
         x = self.pos_drop(x)
         recompute = self.recompute and self.training and paddle.is_grad_enabled()
-        for block in self.blocks:
-            x = run_block(block, x) if recompute else block(x)
+        last = len(self.blocks) - 1
+        first_tokens = self.class_token_only(x)
+        for i, block in enumerate(self.blocks):
+            if i == last and first_tokens:
+                x = run_block(block, x, first_tokens) if recompute else block(x, first_tokens=first_tokens)
+            else:
+                x = run_block(block, x) if recompute else block(x)
         if self.config.pool == "token" and not self.config.fc_norm and not self.config.output_dim:
             return self.norm(x[:, 0])  # = norm(x)[:, 0]: LayerNorm is per token
         return self.pooled(x)
+
+    def class_token_only(self, x: paddle.Tensor) -> int | None:
+        """1 where the last block need only compute the class token's output, else None: the feature
+        reads the class token alone (``pool: token``), and a training step on the ``fused`` path runs
+        (its values may differ from the other paths' in the last bits, which ``fast`` keeps)."""
+        if (self.config.pool == "token" and len(self.blocks) and self.training and paddle.is_grad_enabled()
+                and runs_fused(self.blocks[-1], x)):
+            return 1
+        return None
 
     def pooled(self, x: paddle.Tensor) -> paddle.Tensor:
         """The feature of a family ViT: ``norm``, then the class token or the mean of the patch

@@ -171,7 +171,8 @@ class _Counter:
         def hook(layer, inputs, output):
             x = inputs[0]
             b, t, d = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
-            f = 2 * (2 * b * t * t * d)  # Q K^T and A V, summed over the heads
+            queries = int(output.shape[1])  # fewer than t where only the first tokens' outputs are computed
+            f = 2 * (2 * b * queries * t * d)  # Q K^T and A V, summed over the heads
             grad = self.qkv_grad.pop(id(layer), None)
             if grad is None:  # qkv not called as a sublayer: fall back on the layer's own state
                 grad = _needs_grad(x) or any(not p.stop_gradient for p in layer.parameters())
