@@ -8,7 +8,9 @@ and a linear head; AdaptFormer's official branch beside every MLP (down, ReLU, d
 up, scale 0.1, fed by the stream after attention). ``full`` trains everything; ``frozen``
 trains the branches and the head only (``requires_grad_(False)`` elsewhere). One step is
 forward, cross-entropy, backward and a Momentum SGD step with weight decay on a random
-batch, as ``bench.py`` times ``paddle.Model.train_batch``.
+batch, as ``bench.py`` times ``paddle.Model.train_batch``. ``--class-token-only``: the last block
+computes the class token's output alone, as ppadapt's ``model.layers: fused`` does in training
+(the head reads nothing else), for a like-for-like comparison with that path.
 
     python tools/torch_twin.py --mode full --steps 10 --threads 2 --json
 
@@ -47,16 +49,17 @@ class Block(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.branch = Branch(dim, bottleneck) if bottleneck else None
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, queries: int) -> torch.Tensor:
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv[0][:, :, :queries], qkv[1], qkv[2]
         attn = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
         out = attn.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+        return self.proj(out.transpose(1, 2).reshape(n, q.shape[2], d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
+    def forward(self, x: torch.Tensor, first_tokens: int | None = None) -> torch.Tensor:
+        queries = x.shape[1] if first_tokens is None else first_tokens
+        x = x[:, :queries] + self.attention(self.norm1(x), queries)
         mlp = self.fc2(F.gelu(self.fc1(self.norm2(x))))
         if self.branch is not None:
             mlp = mlp + self.branch(x)
@@ -65,8 +68,9 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     def __init__(self, img: int, patch: int, dim: int, depth: int, heads: int, mlp_ratio: float,
-                 bottleneck: int, classes: int) -> None:
+                 bottleneck: int, classes: int, class_token_only: bool = False) -> None:
         super().__init__()
+        self.class_token_only = class_token_only
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         tokens = (img // patch) ** 2 + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -78,8 +82,9 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block(x, 1 if last and self.class_token_only and self.training else None)
         return self.head(self.norm(x)[:, 0])
 
 
@@ -98,11 +103,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--class-token-only", action="store_true",
+                   help="the last block computes the class token's output alone while training")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = ViT(args.img, args.patch, args.dim, args.depth, args.heads, args.mlp_ratio, args.bottleneck, args.classes)
+    model = ViT(args.img, args.patch, args.dim, args.depth, args.heads, args.mlp_ratio, args.bottleneck, args.classes,
+                args.class_token_only)
     if args.mode == "frozen":
         for name, param in model.named_parameters():
             param.requires_grad_(".branch." in name or name.startswith("head."))
