@@ -95,8 +95,9 @@ class AdaptFormerConfig:
 
 class Adapter(Switchable, nn.Layer):
     """The bottleneck branch: [LN] -> down -> ReLU -> dropout -> up -> * scale -> [LN]. On the
-    ``fused`` layer path ReLU and dropout are one C++ pass, a fixed scale is folded into the
-    up-projection's GEMM, and the branch joins the MLP's output through the fused add."""
+    ``fused`` layer path ReLU and dropout are one C++ pass, and the branch joins the MLP's output
+    through the fused add. The scale stays outside ``up_proj``: a method's hook on ``up_proj``
+    (SSF's) sees its unscaled output."""
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1,
                  learnable_scale: bool = False, layernorm: str = "none",
@@ -131,10 +132,7 @@ class Adapter(Switchable, nn.Layer):
             x = fused.relu_dropout(self.down_proj(x), self.dropout if self.training else 0.0)
         else:
             x = self.drop(F.relu(self.down_proj(x)))
-        if isinstance(self.scale, float):  # on the fused path folded into the up-projection's GEMM
-            x = self.up_proj(x, scale=self.scale)
-        else:
-            x = self.up_proj(x) * self.scale
+        x = self.up_proj(x) * self.scale
         if self.layernorm == "out":
             x = self.adapter_layer_norm(x)
         return x

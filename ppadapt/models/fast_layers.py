@@ -68,43 +68,33 @@ _autocast_on = getattr(paddle.amp, "is_autocast_enabled", None) or (lambda: Fals
 
 
 class _LinearFunction(PyLayer):
-    """``(x @ weight + bias) * scale`` with hand-written gradients (see the module docstring). The
-    scale is folded into the GEMM and into the small tensors (weight, bias, their gradients), so it
-    costs no pass over the activations."""
+    """``x @ weight + bias`` with hand-written gradients (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scale=1.0):
+    def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
-        ctx.scale = scale
-        # addmm adds the bias inside the GEMM: ~1 ms less than matmul + broadcast add at 4,160 x 768.
-        out = _addmm(x, weight, bias, scale)
-        return out.reshape(x.shape[:-1] + weight.shape[-1:])
+        return _addmm(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight = ctx.saved_tensor()
         need_x, need_w, need_b = ctx.needs
-        scale = ctx.scale
         dout2d = dout.reshape([-1, dout.shape[-1]])
-        dx = dw = db = None
-        if need_x:
-            dx = paddle.matmul(dout, weight if scale == 1.0 else weight * scale, transpose_y=True)
-        if need_w:
-            dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), dout2d, transpose_x=True)
-            dw = dw if scale == 1.0 else dw * scale
+        dx = paddle.matmul(dout, weight, transpose_y=True) if need_x else None
+        dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), dout2d, transpose_x=True) if need_w else None
+        db = None
         if need_b:
-            ones = paddle.full([1, dout2d.shape[0]], scale, dtype=dout.dtype)
+            ones = paddle.ones([1, dout2d.shape[0]], dtype=dout.dtype)
             db = paddle.matmul(ones, dout2d).reshape([-1])
         return dx, dw, db
 
 
-def _addmm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, scale: float) -> paddle.Tensor:
-    """``(x @ weight + bias) * scale`` as one GEMM, on ``x`` flattened to 2-D."""
-    x2d = x.reshape([-1, x.shape[-1]])
-    if scale == 1.0:
-        return paddle.addmm(bias, x2d, weight)
-    return paddle.addmm(bias, x2d, weight, beta=scale, alpha=scale)
+def _addmm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """``x @ weight + bias`` as one GEMM with the bias inside (~1 ms less than matmul + broadcast
+    add at 4,160 x 768), on ``x`` flattened to 2-D."""
+    out = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
+    return out.reshape(x.shape[:-1] + weight.shape[-1:])
 
 
 def _wants_fast_path(*tensors) -> bool:
@@ -188,17 +178,12 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) 
     return _LinearFunction.apply(x, weight, bias)
 
 
-def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None,
-                 scale: float = 1.0) -> paddle.Tensor:
-    """``(x @ weight + bias) * scale`` on the ``fused`` path: one GEMM with the bias (and scale) inside,
-    also where no gradient is needed (a frozen prefix, inference), where ``F.linear`` takes a
-    matmul and a separate broadcast add."""
-    if bias is None:
-        out = F.linear(x, weight)
-        return out if scale == 1.0 else out * scale
-    if _wants_fast_path(x, weight, bias):
-        return _LinearFunction.apply(x, weight, bias, float(scale))
-    return _addmm(x, weight, bias, float(scale)).reshape(x.shape[:-1] + weight.shape[-1:])
+def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
+    """:func:`linear` on the ``fused`` path: one GEMM with the bias inside also where no gradient is
+    needed (a frozen prefix, inference), where ``F.linear`` takes a matmul and a broadcast add."""
+    if bias is None or _wants_fast_path(x, weight, bias):
+        return linear(x, weight, bias)
+    return _addmm(x, weight, bias)
 
 
 class _LayerNormFunction(PyLayer):
@@ -259,17 +244,14 @@ class LayerNorm(Switchable, nn.LayerNorm):
 class Linear(Switchable, nn.Linear):
     """``nn.Linear`` with :func:`linear`'s fast bias gradient; same parameters and names.
     ``path``: ``native`` is Paddle's own ``F.linear`` (see :func:`use_layers`); ``fused`` is
-    :func:`fused_linear`, one GEMM each way with the bias inside. ``scale`` multiplies the output
-    (AdaptFormer's branch); on the ``fused`` path it is folded into the GEMM."""
+    :func:`fused_linear`, one GEMM each way with the bias inside."""
 
-    def forward(self, x: paddle.Tensor, scale: float = 1.0) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.path == "native":
-            out = F.linear(x, self.weight, self.bias)
-        elif runs_fused(self, x):
-            return fused_linear(x, self.weight, self.bias, scale)
-        else:
-            out = linear(x, self.weight, self.bias)
-        return out if scale == 1.0 else out * scale
+            return F.linear(x, self.weight, self.bias)
+        if runs_fused(self, x):
+            return fused_linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Conv2D(Switchable, nn.Conv2D):
