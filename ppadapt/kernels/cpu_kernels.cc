@@ -115,6 +115,7 @@ std::vector<paddle::Tensor> SoftmaxForward(const paddle::Tensor& x, float scale)
     const float* in = xs + r * c;
     float* out = ys + r * c;
     float m = in[0];
+#pragma omp simd reduction(max : m)
     for (int64_t j = 1; j < c; ++j) m = in[j] > m ? in[j] : m;
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)

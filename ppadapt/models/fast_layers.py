@@ -72,14 +72,15 @@ class _LinearFunction(PyLayer):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
         ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
+        # The input is kept only for a weight gradient: behind a frozen weight it is freed at once.
+        ctx.save_for_backward(*((x, weight) if ctx.needs[1] else (weight,)))
         return _addmm(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight = ctx.saved_tensor()
         need_x, need_w, need_b = ctx.needs
+        x, weight = ctx.saved_tensor() if need_w else (None, *ctx.saved_tensor())
         dout2d = dout.reshape([-1, dout.shape[-1]])
         dx = paddle.matmul(dout, weight, transpose_y=True) if need_x else None
         dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), dout2d, transpose_x=True) if need_w else None
