@@ -110,6 +110,26 @@ def test_fast_path_is_not_used_without_gradients(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("weight_trains", [True, False])
+def test_a_frozen_linear_keeps_no_copy_of_its_input_for_the_backward(weight_trains):
+    """The input is needed only for the weight's gradient: behind a frozen weight (every frozen
+    backbone) the backward keeps the weight alone, and the input gradient is still exact."""
+    layer = Linear(6, 5)
+    layer.weight.stop_gradient = not weight_trains
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((7, 6)).astype("float32"), stop_gradient=False)
+    kept = []
+
+    def pack(t):
+        kept.append(tuple(t.shape))
+        return t
+
+    with paddle.autograd.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    out.sum().backward()
+    assert ((7, 6) in kept) == weight_trains and (6, 5) in kept
+    np.testing.assert_allclose(x.grad.numpy(), np.tile(layer.weight.numpy().sum(axis=1), (7, 1)), rtol=1e-5)
+
+
 def _train_losses(method: str, steps: int = 4) -> list[float]:
     paddle.seed(0)
     model = tiny_vit(qkv_bias=True)
