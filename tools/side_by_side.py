@@ -4,7 +4,8 @@
 Each round runs ``bench.py`` (ppadapt's full and frozen AdaptFormer step, interleaved in
 one process) and the twin's full and frozen steps (one process each), the order of the
 two frameworks swapping every round, so drifting load hits both alike. Reported: the
-median over rounds of each process's median step time, and ppadapt / PyTorch.
+median over rounds of each process's median step time, and ppadapt / PyTorch; and frozen / full,
+from those medians and as the median and range of each round's own ratio.
 
     python tools/side_by_side.py --torch-python /path/to/torch-venv/bin/python --rounds 3
 """
@@ -69,6 +70,12 @@ def main() -> None:
         print(f"| {mode} | {t:.3f} | {q:.3f} | {q / t:.2f}x |")
     print(f"frozen / full: PyTorch {medians['frozen'][0] / medians['full'][0]:.3f}, "
           f"ppadapt {medians['frozen'][1] / medians['full'][1]:.3f}")
+    # Each round's two steps ran in one process (interleaved, for ppadapt), so a round's own ratio
+    # is free of the drift between rounds.
+    for who, label in (("torch", "PyTorch"), ("ppadapt", "ppadapt")):
+        ratios = sorted(x["frozen"] / x["full"] for x in runs[who])
+        print(f"frozen / full per round, {label}: median {statistics.median(ratios):.3f}, "
+              f"range {ratios[0]:.3f}-{ratios[-1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ inline float exp_poly(float x) {  // |relative error| ~1e-7 over float's range
 
 // The standard normal CDF, 0.5 * (1 + erf(v / sqrt(2))), with erfc by Abramowitz & Stegun
 // 7.1.26 (|error| < 1.5e-7); the tail is computed directly, not as 1 - erf.
-inline float normal_cdf(float v) {
+// ``gauss`` gets exp(-v^2 / 2), which the GELU gradient's density needs too.
+inline float normal_cdf(float v, float& gauss) {
   const float z = v * 0.70710678118654752f;
   const float a = std::fabs(z);
   const float t = 1.0f / (1.0f + 0.3275911f * a);
@@ -47,7 +48,8 @@ inline float normal_cdf(float v) {
   p = p * t + 1.421413741f;
   p = p * t - 0.284496736f;
   p = p * t + 0.254829592f;
-  const float half_erfc = 0.5f * p * t * exp_poly(-a * a);
+  gauss = exp_poly(-a * a);
+  const float half_erfc = 0.5f * p * t * gauss;
   return z < 0.0f ? half_erfc : 1.0f - half_erfc;
 }
 
@@ -78,7 +80,8 @@ std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
   for_blocks(n, [=](int, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float v = xs[i];
-      ys[i] = v * normal_cdf(v);
+      float gauss;
+      ys[i] = v * normal_cdf(v, gauss);
     }
   });
   return {y};
@@ -94,9 +97,9 @@ std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::
   for_blocks(n, [=](int, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float v = xs[i];
-      const float cdf = normal_cdf(v);
-      const float pdf = 0.39894228040143268f * exp_poly(-0.5f * v * v);
-      out[i] = gs[i] * (cdf + v * pdf);
+      float gauss;
+      const float cdf = normal_cdf(v, gauss);
+      out[i] = gs[i] * (cdf + v * 0.39894228040143268f * gauss);  // Phi(v) + v * phi(v)
     }
   });
   return {dx};
