@@ -1,7 +1,6 @@
 """Freezing is per parameter and survives real optimizer steps in paddle.Model.fit."""
 import numpy as np
 import paddle
-import pytest
 from paddle.static import InputSpec
 
 from ppadapt.methods.build import apply_freezing

@@ -13,8 +13,8 @@ from visualdl import LogWriter
 
 from ppadapt.config import CONFIG_DIR, load_config
 from ppadapt.errors import ConfigError, DataError
-from ppadapt.apps.report import (PPT_NOTE, csv_table, find_runs, human_size, load_run, markdown_table,
-                               plot_curves, ppt, report, select_runs)
+from ppadapt.apps.report import (PPT_NOTE, find_runs, human_size, load_run, plot_curves, ppt, report,
+                               select_runs)
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

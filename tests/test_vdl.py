@@ -1,7 +1,4 @@
 """Reading VisualDL logs back (ppadapt.apps.vdl) and plotting runs from them."""
-import os
-import time
-
 import pytest
 from visualdl import LogWriter
 
