@@ -183,7 +183,9 @@ class Attention(Switchable, nn.Layer):
         may be the first rows only)."""
         if not self.has_position_bias():
             return self.softmax(scores)
-        bias = self.position_bias(scores.shape[-1])[:, :scores.shape[-2]]
+        bias = self.position_bias(scores.shape[-1])
+        if scores.shape[-2] != bias.shape[-2]:  # the first queries only
+            bias = bias[:, :scores.shape[-2]]
         return self.biased_softmax(scores * self.scale + bias.astype(scores.dtype))  # float16 scores under AMP
 
     def forward(self, x, queries: int | None = None):
