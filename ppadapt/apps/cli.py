@@ -16,8 +16,7 @@ from ..data.bundle import class_count
 from ..data.resolution import resolve_resolution
 from ..errors import ConfigError
 from ..methods import list_methods
-from ..methods.build import apply_transfer_method, build_model
-from ..methods.trainable import count_parameters
+from ..methods.build import count_transfer_parameters
 from ..models.paddleclas_archs import list_backbones, paddleclas_vit_config
 from ..runs.pretrained import paddleclas_ref
 from ..training.engine import run_stage
@@ -174,9 +173,7 @@ def transfer_main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -
         cfg = load_tool_config(args, "transfer", args.dataset)
         if args.dry_run:
             cfg = resolve_resolution(cfg, "transfer", log=lambda line: None)  # the size training would use
-            model = build_model(cfg, class_count(cfg, "transfer"))
-            apply_transfer_method(model, cfg)
-            print(count_parameters(model))
+            print(count_transfer_parameters(cfg, class_count(cfg, "transfer")))
             if cfg.transfer.schedule in SCHEDULE_RULES:  # on stderr: stdout is the summary alone
                 print(f"note: transfer.schedule {cfg.transfer.schedule}: epochs, warm-up, LR decay steps and MixUp "
                       "are decided from the number of training images when the run has loaded them", file=sys.stderr)

@@ -9,6 +9,7 @@ from ..config.tuning import FREEZE
 from ..models.build import build_backbone
 from .base import Tuner
 from .registry import get_method, method_of_flag
+from .trainable import ParamCount, count_parameters
 
 
 def build_model(cfg: Config, class_num: int) -> paddle.nn.Layer:
@@ -36,3 +37,12 @@ def apply_transfer_method(model: paddle.nn.Layer, cfg: Config) -> Tuner:
         method.apply(model, method_config(cfg))
     method.mark_trainable(model)
     return method
+
+
+def count_transfer_parameters(cfg: Config, class_num: int) -> ParamCount:
+    """The parameter counts of the transfer model ``cfg`` describes (``--dry-run``), from shapes
+    alone: built under ``paddle.LazyGuard``, so no weight is allocated (ViT-L: 300 M floats)."""
+    with paddle.LazyGuard():
+        model = build_model(cfg, class_num)
+        apply_transfer_method(model, cfg)
+    return count_parameters(model)
