@@ -29,7 +29,8 @@ SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 OPS = ("ppadapt_gelu_fwd", "ppadapt_gelu_bwd", "ppadapt_softmax_fwd", "ppadapt_softmax_bwd",
        "ppadapt_layer_norm_fwd", "ppadapt_layer_norm_bwd", "ppadapt_dropout_fwd", "ppadapt_dropout_bwd",
        "ppadapt_split_heads", "ppadapt_merge_heads", "ppadapt_heads_to_tokens", "ppadapt_tokens_to_heads",
-       "ppadapt_relu_dropout_fwd", "ppadapt_relu_dropout_bwd", "ppadapt_add")
+       "ppadapt_relu_dropout_fwd", "ppadapt_relu_dropout_bwd", "ppadapt_add", "ppadapt_channel_bias",
+       "ppadapt_channel_sum")
 CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 
 # By root (None: the default cache root); the default is looked up on every fused layer call,

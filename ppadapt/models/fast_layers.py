@@ -33,7 +33,8 @@ embedding without the leading size-1 axis.
 Fused CPU kernels. ``model.layers: fused`` runs LayerNorm, GELU and the attention softmax
 (with its scale) on ppadapt's own C++ kernels (:mod:`ppadapt.kernels`: one pass over memory
 on all of Paddle's threads, where Paddle's CPU kernels for these take one thread and several
-passes); the Linear layers stay on the fast path. Their values agree with Paddle's within float
+passes), and the patch convolution's bias; the Linear layers keep the fast backward and put the
+bias inside the GEMM also where no gradient is needed. Their values agree with Paddle's within float
 tolerance but not to the bit, so it is an option: ``fast`` stays the CPU default and keeps
 earlier runs reproducible. Where the kernels cannot be compiled, the fast path runs instead.
 
@@ -41,7 +42,7 @@ Where each path runs. The hand-written backward was measured to help on the CPU 
 a GPU Paddle's fused kernels are the better bet. :func:`layer_path` decides, in this one
 place, which path a model trains with (``model.layers``: ``auto`` = fast on the CPU,
 native elsewhere; ``fused`` is CPU-only), and :func:`use_layers` switches a built model's
-layers (:class:`Linear`, :class:`LayerNorm`, :class:`GELU`, :class:`ScaledSoftmax`). A native
+layers (:class:`Linear`, :class:`LayerNorm`, :class:`Conv2D`, :class:`GELU`, :class:`ScaledSoftmax`, ...). A native
 layer is the same object with the same parameters (checkpoints are interchangeable); it
 calls Paddle's ``F.linear`` / ``F.layer_norm``, except for a LayerNorm whose scale is
 frozen while its input needs a gradient: that is the case Paddle 3.3.1's CPU kernel gets
@@ -182,8 +183,10 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) 
 def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
     """:func:`linear` on the ``fused`` path: one GEMM with the bias inside also where no gradient is
     needed (a frozen prefix, inference), where ``F.linear`` takes a matmul and a broadcast add."""
-    if bias is None or _wants_fast_path(x, weight, bias):
-        return linear(x, weight, bias)
+    if bias is None:
+        return F.linear(x, weight)
+    if _wants_fast_path(x, weight, bias):
+        return _LinearFunction.apply(x, weight, bias)
     return _addmm(x, weight, bias)
 
 
